@@ -1,0 +1,1 @@
+"""Stand-in for Cortex's ``cortex_internal.lib`` package (see :mod:`cortex_internal.lib.log`)."""

@@ -1,0 +1,70 @@
+"""The one error tree of dask-batchapi.
+
+Every error a user can cause is a :class:`BatchAPIError`; the CLI prints its message on one
+line and exits non-zero, without a traceback. Messages name what was wrong, where, and the
+offending value: ``item_list.batch_size must be an integer >= 1, got 0``.
+
+::
+
+    BatchAPIError
+    ├── SpecError            API spec (batchapi.yaml / cortex.yaml) or project directory
+    │   └── HandlerError     handler.py: missing Handler class, bad signature, import failure
+    ├── SubmissionError      job submission JSON
+    ├── SourceError          input data: no matching file, unreadable bucket, bad endpoint
+    ├── StoreError           the job store cannot be read or written
+    ├── NotFound
+    │   ├── APINotFound      no API of that name in the store
+    │   └── JobNotFound      no job of that id
+    ├── JobStateError        the job is in the wrong state for the request (resume a live job)
+    └── ClusterError         no cluster could be reached or built
+"""
+
+from __future__ import annotations
+
+
+class BatchAPIError(Exception):
+    """Root of every error dask-batchapi raises on purpose."""
+
+
+class SpecError(BatchAPIError):
+    """The API spec or the project directory is invalid."""
+
+
+class HandlerError(SpecError):
+    """The handler file cannot be loaded or its ``Handler`` class is not usable."""
+
+
+class SubmissionError(BatchAPIError):
+    """The job submission is invalid."""
+
+
+class SourceError(BatchAPIError):
+    """The job's input data cannot be listed or read."""
+
+
+class StoreError(BatchAPIError):
+    """The job store cannot be read or written."""
+
+
+class NotFound(BatchAPIError):
+    """Something asked for by name is not in the store."""
+
+
+class APINotFound(NotFound):
+    """No API of that name is deployed."""
+
+
+class JobNotFound(NotFound):
+    """No job of that id exists for the API."""
+
+
+class JobStateError(BatchAPIError):
+    """The job's state does not allow the request."""
+
+
+class ClusterError(BatchAPIError):
+    """No Dask cluster could be reached or created."""
+
+
+class BatchAPIWarning(UserWarning):
+    """Something works, but probably not as the user meant."""

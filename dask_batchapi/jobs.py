@@ -1,0 +1,316 @@
+"""Job mechanics shared by the Python API and the CLI: deploy, submit, run, stop, resume.
+
+``submit`` validates everything first (nothing is written for a bad submission), writes the
+job record (``pending``), then starts the job's driver: detached in its own process (the
+default for ``local`` and scheduler addresses, so the job outlives the caller) or on a thread
+of the caller when the cluster is a live ``Client`` object.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from . import config
+from .cluster import backend_for, is_detachable
+from .errors import JobStateError, SubmissionError
+from .ledger import load_final
+from .project import check_handler, pack_project
+from .runtime import JobContext
+from .scheduler import JobDriver
+from .sources import iter_item_batches
+from .spec import APISpec, Submission, api_spec_from_dict, deep_merge, load_api_specs
+from .status import JobState, JobStatus, is_interrupted, status_document, utcnow_iso
+from .store import JobStore
+
+logger = logging.getLogger(__name__)
+
+_ID_SPAN = 16**11  # 11 hex digits of inverted milliseconds: ids sort newest first until 2527
+
+
+def new_job_id(now: float | None = None) -> str:
+    """A 16-hex-digit id; lexical order of ids is newest first."""
+    millis = int((time.time() if now is None else now) * 1000)
+    return f"{_ID_SPAN - 1 - millis:011x}{secrets.randbelow(16**5):05x}"
+
+
+# -- deploy ---------------------------------------------------------------------------------
+def deploy(store: JobStore, project_dir: str | os.PathLike) -> list[dict]:
+    """Validate and store every API of a project directory; returns their records."""
+    project = Path(project_dir).expanduser().resolve()
+    specs = load_api_specs(project)
+    records = []
+    for spec in specs:
+        signature = check_handler(project, spec.handler)
+        archive = pack_project(project, spec.spec_file, config.get("project-max-bytes"))
+        record = {
+            "name": spec.name,
+            "spec": spec.to_dict(),
+            "signature": signature.to_dict(),
+            "archive_sha256": archive.sha256,
+            "files": list(archive.files),
+            "project_dir": str(project),
+            "deployed_time": utcnow_iso(),
+        }
+        store.put_api(record, archive.data)
+        records.append(record)
+    return records
+
+
+# -- submit ---------------------------------------------------------------------------------
+def total_batches(submission: Submission) -> int | None:
+    source = submission.source
+    if submission.source_kind == "item_list":
+        return math.ceil(len(source.items) / source.batch_size)
+    return None
+
+
+def build_record(
+    api: dict, submission: Submission, cluster: Any, retry_of: str | None = None
+) -> dict:
+    """The immutable job record written at submit."""
+    job_id = new_job_id()
+    data = submission.to_dict()
+    source_summary = {k: v for k, v in data[submission.source_kind].items() if k != "items"}
+    if submission.source_kind == "item_list":
+        source_summary["item_count"] = len(submission.source.items)
+    record = {
+        "job_id": job_id,
+        "api_name": api["name"],
+        "kind": "BatchAPI",
+        "created_time": utcnow_iso(),
+        "workers": submission.workers,
+        "config": submission.config,
+        "timeout": submission.timeout,
+        "dead_letter": {"max_receive_count": submission.max_receive_count},
+        "output": submission.output,
+        "batch_timeout": submission.batch_timeout,
+        "source": submission.source_kind,
+        submission.source_kind: source_summary,
+        "cluster": cluster if isinstance(cluster, str) else "client",
+        "archive_sha256": api["archive_sha256"],
+        "retry_of": retry_of,
+        "submission": data,
+    }
+    if "sqs_dead_letter_queue" in data:
+        record["sqs_dead_letter_queue"] = data["sqs_dead_letter_queue"]
+    return record
+
+
+def create_job(store: JobStore, api: dict, submission: Submission, cluster: Any, **kw: Any) -> dict:
+    if submission.output and "://" not in submission.output:
+        # a local output path means the submitter's directory, not the driver's or a worker's
+        from dataclasses import replace
+
+        submission = replace(submission, output=os.path.abspath(submission.output))
+    record = build_record(api, submission, cluster, **kw)
+    store.create_job(record)
+    state = JobState(total_batch_count=total_batches(submission))
+    store.write_state(record["api_name"], record["job_id"], state.to_dict())
+    return record
+
+
+def with_workers(submission: Submission, workers: int | None) -> Submission:
+    if workers is None:
+        return submission
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise SubmissionError(f"--workers must be an integer >= 1, got {workers!r}")
+    from dataclasses import replace
+
+    return replace(submission, workers=workers)
+
+
+# -- starting the driver --------------------------------------------------------------------
+def launch_detached(store: JobStore, api_name: str, job_id: str, cluster: str) -> int:
+    """Start the job's driver in its own session; returns its pid. The caller may exit."""
+    log_dir = Path(tempfile.gettempdir()) / "dask-batchapi-runners"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "dask_batchapi.runner",
+        "--store",
+        store.url,
+        "--cluster",
+        cluster,
+        api_name,
+        job_id,
+    ]
+    with open(log_dir / f"{job_id}.log", "ab") as out:
+        proc = subprocess.Popen(  # noqa: S603 - our own module
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+    return proc.pid
+
+
+def launch_in_thread(store: JobStore, api_name: str, job_id: str, cluster: Any) -> threading.Thread:
+    thread = threading.Thread(
+        target=run_job,
+        args=(store, api_name, job_id, cluster),
+        name=f"batchapi-driver-{job_id}",
+        daemon=True,
+    )
+    thread.start()
+    return thread
+
+
+def start_job(store: JobStore, record: dict, cluster: Any) -> Any:
+    """Start the driver of a job record, detached when the cluster allows it."""
+    api_name, job_id = record["api_name"], record["job_id"]
+    if is_detachable(cluster):
+        return launch_detached(store, api_name, job_id, config.cluster_target(cluster))
+    return launch_in_thread(store, api_name, job_id, cluster)
+
+
+# -- running (inside the driver's host process) ---------------------------------------------
+def run_job(store: JobStore, api_name: str, job_id: str, cluster: Any) -> JobStatus:
+    """Drive a job (a new one, or the rest of an interrupted one) to a final status."""
+    record = store.get_job(api_name, job_id)
+    api = store.get_api(api_name)
+    state = JobState.from_dict(store.read_state(api_name, job_id))
+    state.run += 1
+    state.status = JobStatus.ENQUEUING.value
+    state.heartbeat = time.time()
+    state.driver = {"host": socket.gethostname(), "pid": os.getpid()}
+    store.write_state(api_name, job_id, state.to_dict())
+    submission = _submission_of(record)
+    spec = api_spec_from_dict(api["spec"])
+    final = load_final(store, api_name, job_id) if state.run > 1 else ()
+    try:
+        with backend_for(cluster, submission.workers, api["spec"].get("compute")) as client:
+            driver = JobDriver(
+                store,
+                record,
+                _context(record, api, spec, submission, state),
+                store.get_archive(api_name, record["archive_sha256"]),
+                _refs(submission),
+                client,
+                state=state,
+                total_batch_count=total_batches(submission),
+                skip=final,
+            )
+            return driver.run()
+    except Exception as exc:  # noqa: BLE001 - the job must end in a final status
+        logger.exception("job %s could not run", job_id)
+        state.status = JobStatus.UNEXPECTED_ERROR.value
+        state.error = {"type": type(exc).__name__, "message": str(exc), "reason": "driver"}
+        state.end_time = utcnow_iso()
+        store.write_state(api_name, job_id, state.to_dict())
+        return JobStatus.UNEXPECTED_ERROR
+
+
+def _submission_of(record: dict) -> Submission:
+    from .spec import submission_from_dict
+
+    return submission_from_dict(record["submission"])
+
+
+def _refs(submission: Submission):
+    source = submission.source
+    if submission.source_kind == "item_list":
+        return iter_item_batches(source.items, source.batch_size)
+    raise SubmissionError(f"{submission.source_kind} is not supported by this version yet")
+
+
+def job_spec_for(record: dict, state: JobState) -> dict:
+    """What ``Handler.__init__`` receives as ``job_spec`` (Cortex's fields and the record's)."""
+    spec = {k: v for k, v in record.items() if k != "submission"}
+    spec.update(
+        total_batch_count=state.total_batch_count, start_time=state.start_time or utcnow_iso()
+    )
+    return spec
+
+
+def _context(
+    record: dict, api: dict, spec: APISpec, submission: Submission, state: JobState
+) -> JobContext:
+    return JobContext(
+        job_id=record["job_id"],
+        api_name=record["api_name"],
+        handler_path=spec.handler.path,
+        python_path=spec.handler.python_path,
+        signature=api["signature"],
+        config=deep_merge(spec.handler.config, submission.config),
+        job_spec=job_spec_for(record, state),
+        env={k: str(v) for k, v in spec.handler.env.items()},
+        log_level=spec.handler.log_level,
+        output=submission.output,
+        storage_options=config.storage_options(),
+    )
+
+
+# -- reading and controlling ----------------------------------------------------------------
+def job_status(store: JobStore, api_name: str, job_id: str) -> dict:
+    """The job's status document."""
+    record = store.get_job(api_name, job_id)
+    state = JobState.from_dict(store.read_state(api_name, job_id))
+    api_spec = store.get_api(api_name)["spec"]
+    return status_document(
+        record,
+        state,
+        api_spec,
+        now=time.time(),
+        heartbeat_timeout=float(config.get("heartbeat-timeout")),
+    )
+
+
+def stop_job(store: JobStore, api_name: str, job_id: str) -> None:
+    store.get_job(api_name, job_id)
+    store.request_stop(api_name, job_id)
+
+
+def prepare_resume(store: JobStore, api_name: str, job_id: str) -> dict:
+    """Check that a job can be resumed (its driver is dead, it did not succeed)."""
+    record = store.get_job(api_name, job_id)
+    state = JobState.from_dict(store.read_state(api_name, job_id))
+    if state.job_status is JobStatus.SUCCEEDED:
+        raise JobStateError(f"job {job_id} already succeeded; nothing to resume")
+    if (
+        not state.job_status.is_terminal
+        and not is_interrupted(record, state, time.time(), float(config.get("heartbeat-timeout")))
+        and _driver_alive(state)
+    ):
+        raise JobStateError(
+            f"job {job_id} is {state.status} and its driver is alive; stop it first or wait"
+        )
+    store.clear_stop(api_name, job_id)
+    return record
+
+
+def _driver_alive(state: JobState) -> bool:
+    """False when the driver ran on this host and its process is gone (no need to wait)."""
+    import psutil
+
+    driver = state.driver or {}
+    if driver.get("host") != socket.gethostname() or not driver.get("pid"):
+        return True
+    try:
+        proc = psutil.Process(driver["pid"])
+    except psutil.NoSuchProcess:
+        return False
+    return proc.status() != psutil.STATUS_ZOMBIE
+
+
+def matched_files(submission: Submission) -> list[str]:
+    """The input URLs a submission matches (empty for item_list); SourceError if none."""
+    if submission.source_kind == "item_list":
+        return []
+    from .sources import list_files
+
+    source = submission.source
+    return list_files(source.s3_paths, source.includes, source.excludes, config.storage_options())

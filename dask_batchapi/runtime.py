@@ -1,0 +1,280 @@
+"""Worker side: the per-job WorkerPlugin that owns the project and the Handler instance.
+
+The driver registers one :class:`JobPlugin` per job (named ``batchapi-<job_id>``). On each
+worker, ``setup`` unpacks the project archive into the worker's local directory. The Handler is
+built lazily by the first task, on a worker thread (a slow ``__init__`` such as loading a model
+must not block the worker's event loop), with the project directory as working directory and
+``.env`` plus ``handler.env`` exported. ``teardown`` (when the driver unregisters the plugin)
+removes the project files, the imported modules, ``sys.path`` entries and environment changes.
+
+Handler code runs under one process-wide lock: the working directory is process-wide, and
+``handle_batch`` must never run concurrently on one instance. Run workers
+with one thread (the embedded cluster does) to use every core.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import sys
+import threading
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distributed import get_worker
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from .logging import capture_output, install_collector, log_context
+from .outputs import OutputWriter
+from .project import read_env_file, unpack_project
+from .sources import load_payloads
+
+logger = logging.getLogger(__name__)
+
+_HANDLER_LOCK = threading.RLock()  # see the module docstring
+
+
+def plugin_name(job_id: str) -> str:
+    return f"batchapi-{job_id}"
+
+
+def batch_id_for(job_id: str, index: int) -> str:
+    """The unique, stable id of batch ``index`` of a job."""
+    return f"{job_id}-{index:06d}"
+
+
+def error_info(exc: BaseException) -> tuple[str, str, str]:
+    """(type name, message, formatted traceback) of an exception, picklable and JSON-able."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return type(exc).__name__, str(exc), tb
+
+
+@dataclass
+class JobContext:
+    """What a worker needs to know about its job (shipped inside the plugin)."""
+
+    job_id: str
+    api_name: str
+    handler_path: str
+    python_path: str | None
+    signature: dict  # project.HandlerSignature.to_dict()
+    config: dict  # spec config deep-merged with the job's config
+    job_spec: dict
+    env: dict = field(default_factory=dict)  # handler.env from the spec
+    log_level: str = "info"
+    output: str | None = None
+    storage_options: dict = field(default_factory=dict)
+
+
+class JobPlugin(WorkerPlugin):
+    """Unpacks a job's project on every worker and owns that worker's Handler instance."""
+
+    idempotent = False
+
+    def __init__(self, context: JobContext, archive: bytes):
+        self.context = context
+        self.archive = archive
+        self.name = plugin_name(context.job_id)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.handler: Any = None
+        self.init_error: tuple[str, str, str] | None = None
+        self.cancelled = False
+        self.batches_run = 0
+        self._build_lock = threading.Lock()
+        self._saved_env: dict[str, str | None] = {}
+        self._sys_path: list[str] = []
+        self._modules: list[str] = []
+        self._writer: OutputWriter | None = None
+        self.dir: Path | None = None
+
+    def __getstate__(self) -> dict:
+        return {"context": self.context, "archive": self.archive, "name": self.name}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._reset()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def setup(self, worker) -> None:
+        root = Path(worker.local_directory) / "batchapi"
+        self.dir = unpack_project(self.archive, root / self.context.job_id)
+        self.worker_address = worker.address
+        install_collector()
+
+    def teardown(self, worker) -> None:
+        self.cancelled = True
+        with _HANDLER_LOCK:
+            self.handler = None
+            for name in self._modules:
+                sys.modules.pop(name, None)
+            for entry in self._sys_path:
+                while entry in sys.path:
+                    sys.path.remove(entry)
+            for key, old in self._saved_env.items():
+                if old is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = old
+        install_collector().discard(self.context.job_id)
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    # -- handler ------------------------------------------------------------------------------
+    def _ensure_handler(self) -> Any:
+        with self._build_lock:
+            if self.handler is None and self.init_error is None:
+                try:
+                    self.handler = self._build_handler()
+                except BaseException as exc:  # noqa: BLE001 - any init failure is the job's error
+                    self.init_error = error_info(exc)
+        return self.handler
+
+    def _build_handler(self) -> Any:
+        ctx, sig = self.context, self.context.signature
+        self._export_env({**read_env_file(self.dir), **ctx.env})
+        with self._in_project():
+            module = self._import_handler()
+            cls = getattr(module, sig["class_name"])
+            kwargs = {"config": ctx.config, "job_spec": ctx.job_spec}
+            return cls(**{name: kwargs[name] for name in sig["init_args"]})
+
+    def _export_env(self, values: dict[str, str]) -> None:
+        for key, value in values.items():
+            self._saved_env.setdefault(key, os.environ.get(key))
+            os.environ[key] = "" if value is None else str(value)
+
+    def _import_handler(self):
+        ctx = self.context
+        paths = [str(self.dir / ctx.python_path)] if ctx.python_path else []
+        for entry in [*paths, str(self.dir)]:
+            if entry not in sys.path:
+                sys.path.insert(0, entry)
+                self._sys_path.append(entry)
+        before = set(sys.modules)
+        # a job-unique module name, so two jobs' handler modules never collide
+        name = f"batchapi_handler_{ctx.job_id}"
+        spec = importlib.util.spec_from_file_location(name, self.dir / ctx.handler_path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        self._modules = [m for m in set(sys.modules) - before if self._is_project_module(m)]
+        self._modules.append(name)
+        return module
+
+    def _is_project_module(self, name: str) -> bool:
+        path = getattr(sys.modules.get(name), "__file__", None) or ""
+        return path.startswith(str(self.dir))
+
+    @contextmanager
+    def _in_project(self, **log_fields: str):
+        """Run handler code: project dir as cwd, stdout captured into the job's logs."""
+        ctx = self.context
+        with (
+            _HANDLER_LOCK,
+            log_context(
+                api_name=ctx.api_name, job_id=ctx.job_id, log_level=ctx.log_level, **log_fields
+            ),
+        ):
+            old = os.getcwd()
+            os.chdir(self.dir)
+            try:
+                with capture_output():
+                    yield
+            finally:
+                os.chdir(old)
+
+    # -- batches ------------------------------------------------------------------------------
+    def run_chunk(self, refs: list) -> dict:
+        """Run a chunk of batches; every batch gets its own outcome."""
+        result: dict[str, Any] = {"worker": self.worker_address, "pid": os.getpid()}
+        if self.cancelled:
+            return {**result, "not_run": [r.index for r in refs], "outcomes": []}
+        self._ensure_handler()
+        if self.init_error is not None:
+            return {**result, "init_error": self.init_error, "outcomes": []}
+        payloads = load_payloads(refs, self.context.storage_options)
+        outcomes, not_run = [], []
+        for ref, payload in zip(refs, payloads, strict=True):
+            if self.cancelled:
+                not_run.append(ref.index)
+            else:
+                outcomes.append(self._run_one(ref.index, payload))
+        logs = install_collector().drain(self.context.job_id)
+        return {**result, "outcomes": outcomes, "not_run": not_run, "logs": logs}
+
+    def _run_one(self, index: int, payload: Any) -> tuple:
+        """(index, ok, seconds, error info or None) of one batch."""
+        start = time.perf_counter()
+        batch_id = batch_id_for(self.context.job_id, index)
+        try:
+            if isinstance(payload, BaseException):
+                raise payload
+            with self._in_project(batch_id=batch_id):
+                value = self._call_batch(payload, batch_id)
+            if value is not None and self.context.output:
+                self._output_writer().commit(index, value)
+        except Exception as exc:  # noqa: BLE001 - a handler failure fails only its batch
+            return index, False, time.perf_counter() - start, error_info(exc)
+        self.batches_run += 1
+        return index, True, time.perf_counter() - start, None
+
+    def _call_batch(self, payload: Any, batch_id: str) -> Any:
+        sig = self.context.signature
+        args = {"payload": payload, "batch_id": batch_id}
+        method = getattr(self.handler, sig["batch_method"])
+        return method(**{name: args[name] for name in sig["batch_args"]})
+
+    def _output_writer(self) -> OutputWriter:
+        if self._writer is None:
+            ctx = self.context
+            self._writer = OutputWriter(ctx.output, ctx.job_id, ctx.storage_options)
+        return self._writer
+
+    def run_complete(self) -> dict:
+        """Call on_job_complete once; prefers this worker's existing Handler instance."""
+        result: dict[str, Any] = {"worker": self.worker_address, "error": None, "ran": False}
+        method = self.context.signature.get("complete_method")
+        handler = self._ensure_handler()
+        if self.init_error is not None:
+            result["error"] = self.init_error
+        elif method:
+            try:
+                with self._in_project():
+                    getattr(handler, method)()
+                result["ran"] = True
+            except Exception as exc:  # noqa: BLE001
+                result["error"] = error_info(exc)
+        result["logs"] = install_collector().drain(self.context.job_id)
+        return result
+
+
+def _plugin(name: str) -> JobPlugin:
+    try:
+        return get_worker().plugins[name]
+    except KeyError:
+        raise RuntimeError(f"job plugin {name} is not registered on this worker") from None
+
+
+def run_chunk_task(name: str, refs: list) -> dict:
+    """Dask task: run a chunk of batches on this worker's Handler."""
+    return _plugin(name).run_chunk(refs)
+
+
+def run_complete_task(name: str) -> dict:
+    """Dask task: run on_job_complete on this worker's Handler."""
+    return _plugin(name).run_complete()
+
+
+def cancel_job(name: str, dask_worker=None) -> None:
+    """``client.run`` target: no further batch of the job starts on this worker."""
+    plugin = (dask_worker or get_worker()).plugins.get(name)
+    if plugin is not None:
+        plugin.cancelled = True

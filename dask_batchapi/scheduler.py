@@ -1,0 +1,426 @@
+"""The per-job driver: feeds batch futures to Dask, retries, dead letter, checkpoints, finishes.
+
+One :class:`JobDriver` runs one job (or one resumed run of it) on a ``distributed.Client``:
+
+1. registers the job's :class:`~dask_batchapi.runtime.JobPlugin` (``enqueuing``);
+2. streams batch references from the source and keeps a bounded window of chunk futures in
+   flight (``running``): at most ``prefetch`` chunks per worker, so memory is O(window);
+   short batches are coalesced into chunks sized from the measured time per batch;
+3. records each batch's outcome: success into the ledger, a failed attempt back into the queue
+   until its attempts are spent, then into the dead letter; a chunk lost with its worker is
+   rerun without spending the handler's attempts;
+4. when every batch is final runs ``on_job_complete`` once on a worker that handled batches,
+   writes the final status, and unregisters the plugin.
+
+Completion is detected at once: futures' done-callbacks feed a queue the driver blocks on. The
+same loop wakes at least every ``_TICK`` seconds to checkpoint, heartbeat, and look for a stop
+request or the job's timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import queue
+import socket
+import time
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
+
+from distributed import Client, Future
+
+from . import config
+from .driverlog import DriverLog
+from .ledger import Checkpointer
+from .runtime import (
+    JobContext,
+    JobPlugin,
+    batch_id_for,
+    cancel_job,
+    run_chunk_task,
+    run_complete_task,
+)
+from .sources import BatchRef
+from .status import JobState, JobStatus, parse_iso, utcnow_iso
+from .store import JobStore
+
+logger = logging.getLogger(__name__)
+
+_TICK = 0.2  # seconds the loop sleeps at most between looks at stop / timeout / checkpoint
+
+
+class JobEnded(Exception):
+    """Raised inside the loop to end the job early with ``status``."""
+
+    def __init__(self, status: JobStatus, error: dict | None = None):
+        super().__init__(status.value)
+        self.status, self.error = status, error
+
+
+class JobDriver:
+    """Runs one job (or one resumed run of it) to a final status on ``client``."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        record: dict,
+        context: JobContext,
+        archive: bytes,
+        refs: Iterator[BatchRef],
+        client: Client,
+        *,
+        state: JobState,
+        total_batch_count: int | None,
+        skip: Any = (),
+    ):
+        self.store, self.record, self.client = store, record, client
+        self.api_name, self.job_id = record["api_name"], record["job_id"]
+        self.plugin = JobPlugin(context, archive)
+        self.state = state
+        self.state.total_batch_count = total_batch_count
+        self.has_complete_hook = bool(context.signature.get("complete_method"))
+        submission = record["submission"]
+        self.max_attempts = int(submission.get("dead_letter", {}).get("max_receive_count", 1))
+        self.timeout = submission.get("timeout")
+        self.deadline = _deadline(record, self.timeout)
+        self._source = (ref for ref in refs if ref.index not in skip)
+        self._source_done = False
+        self._retry: deque[BatchRef] = deque()
+        self._attempts: dict[int, int] = {}
+        self._losses: dict[int, int] = {}
+        self._inflight: dict[str, tuple[Future, list[BatchRef]]] = {}
+        self._done: queue.SimpleQueue = queue.SimpleQueue()
+        self._avg_batch: float | None = None
+        self._last_worker: str | None = None
+        self._ckpt = Checkpointer(store, self.api_name, self.job_id, state.run)
+        self.log = DriverLog(self.api_name, self.job_id, self._ckpt)
+        self._next_checkpoint = 0.0
+        self._prefetch = int(config.get("prefetch"))
+        self._chunk_target = float(config.get("chunk-target-seconds"))
+        self._max_chunk = int(config.get("max-chunk-batches"))
+        self._max_losses = int(config.get("max-worker-losses"))
+        self._interval = float(config.get("checkpoint-interval"))
+        self._workers: list[str] = []
+
+    # -- entry point --------------------------------------------------------------------------
+    def run(self) -> JobStatus:
+        """Run the job to a final status; never raises for the job's own failures."""
+        try:
+            self._start()
+            self._dispatch_until_drained()
+            self._complete()
+            final = (
+                JobStatus.COMPLETED_WITH_FAILURES
+                if self.state.dead_lettered
+                else JobStatus.SUCCEEDED
+            )
+            self._finish(final)
+        except JobEnded as ended:
+            self._finish(ended.status, ended.error)
+        except Exception as exc:  # noqa: BLE001 - any driver failure must end in a final status
+            logger.exception("driver of job %s failed", self.job_id)
+            self._finish(JobStatus.UNEXPECTED_ERROR, _error("driver", exc))
+        return self.state.job_status
+
+    # -- phases -------------------------------------------------------------------------------
+    def _start(self) -> None:
+        self.state.status = JobStatus.ENQUEUING.value
+        self.state.start_time = self.state.start_time or utcnow_iso()
+        self.state.driver = {"host": socket.gethostname(), "pid": os.getpid()}
+        self.state.dashboard_link = getattr(self.client, "dashboard_link", None)
+        self._checkpoint(force=True)
+        self.client.register_plugin(self.plugin, name=self.plugin.name)
+        self._refresh_workers()
+        self.log.info(f"job started on {len(self._workers)} worker(s)")
+        self.state.status = JobStatus.RUNNING.value
+        self._checkpoint(force=True)
+
+    def _dispatch_until_drained(self) -> None:
+        while True:
+            self._fill_window()
+            if not self._inflight and self._source_done and not self._retry:
+                return
+            self._handle(self._wait(_TICK))
+            self._tick()
+
+    def _complete(self) -> None:
+        if not self.has_complete_hook:
+            return
+        future = self.client.submit(
+            run_complete_task,
+            self.plugin.name,
+            pure=False,
+            workers=[self._last_worker] if self._last_worker else None,
+            allow_other_workers=True,
+        )
+        future.add_done_callback(self._done.put)
+        while not future.done():
+            self._wait(_TICK)
+            self._tick()
+        result = self._result_or_lost(future)
+        self._ckpt.logs.extend(result.get("logs", ()))
+        if result.get("error"):
+            kind, message, tb = result["error"]
+            self.log.error(f"on_job_complete raised {kind}: {message}", traceback=tb)
+            raise JobEnded(JobStatus.WORKER_ERROR, _error_info("on_job_complete", result["error"]))
+
+    def _finish(self, status: JobStatus, error: dict | None = None) -> None:
+        self._cancel_all()
+        self.state.status = status.value
+        self.state.error = error
+        self.state.in_flight = 0
+        self.state.end_time = utcnow_iso()
+        self.log.info(f"job ended: {status.value}")
+        try:
+            self.client.unregister_worker_plugin(self.plugin.name)
+        except Exception as exc:  # noqa: BLE001 - the cluster may already be gone
+            logger.debug("unregistering plugin of %s failed: %s", self.job_id, exc)
+        self._checkpoint(force=True)
+
+    # -- the window ---------------------------------------------------------------------------
+    def _fill_window(self) -> None:
+        limit = max(1, len(self._workers)) * self._prefetch
+        while len(self._inflight) < limit:
+            chunk = self._next_chunk(self._chunk_size())
+            if not chunk:
+                return
+            self._submit(chunk)
+
+    def _chunk_size(self) -> int:
+        if self._avg_batch is None:
+            return 1  # measure first
+        size = int(self._chunk_target / max(self._avg_batch, 1e-6))
+        remaining = self._remaining()
+        if remaining is not None:  # keep the tail balanced across workers
+            size = min(size, math.ceil(remaining / (max(1, len(self._workers)) * self._prefetch)))
+        return max(1, min(size, self._max_chunk))
+
+    def _remaining(self) -> int | None:
+        total = self.state.total_batch_count
+        if total is None:
+            return None
+        return total - self.state.succeeded - self.state.dead_lettered - self.state.in_flight
+
+    def _next_chunk(self, size: int) -> list[BatchRef]:
+        chunk: list[BatchRef] = []
+        while self._retry and len(chunk) < size:
+            chunk.append(self._retry.popleft())
+        while not self._source_done and len(chunk) < size:
+            ref = next(self._source, None)
+            if ref is None:
+                self._source_done = True
+            else:
+                chunk.append(ref)
+        return chunk
+
+    def _submit(self, chunk: list[BatchRef]) -> None:
+        future = self.client.submit(
+            run_chunk_task,
+            self.plugin.name,
+            chunk,
+            pure=False,
+            workers=self._workers or None,
+            allow_other_workers=True,
+        )
+        self._inflight[future.key] = (future, chunk)
+        self.state.in_flight += len(chunk)
+        future.add_done_callback(self._done.put)
+
+    def _wait(self, timeout: float) -> list[Future]:
+        try:
+            done = [self._done.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                done.append(self._done.get_nowait())
+            except queue.Empty:
+                return done
+
+    # -- outcomes -----------------------------------------------------------------------------
+    def _handle(self, futures: list[Future]) -> None:
+        entries = [self._inflight.pop(f.key) for f in futures if f.key in self._inflight]
+        finished = [(f, c) for f, c in entries if f.status == "finished"]
+        for (future, chunk), result in zip(finished, self._gather(finished), strict=True):
+            if result is None:
+                self._chunk_lost(chunk, future)
+            else:
+                self._handle_chunk(chunk, result)
+        for future, chunk in entries:
+            if future.status != "finished":
+                self._chunk_lost(chunk, future)
+
+    def _gather(self, finished: list[tuple[Future, list]]) -> list[dict | None]:
+        """Results of finished futures in one round trip; None for one whose data was lost."""
+        if not finished:
+            return []
+        try:
+            return self.client.gather([f for f, _ in finished])
+        except Exception:  # noqa: BLE001 - a result lost with its worker: sort them one by one
+            return [self._one_result(f) for f, _ in finished]
+
+    def _one_result(self, future: Future) -> dict | None:
+        try:
+            return future.result(timeout=30)
+        except Exception:  # noqa: BLE001
+            return None
+
+    def _handle_chunk(self, chunk: list[BatchRef], result: dict) -> None:
+        self.state.in_flight -= len(chunk)
+        self._ckpt.logs.extend(result.get("logs", ()))
+        if result.get("init_error"):
+            kind, message, tb = result["init_error"]
+            self.log.error(f"Handler.__init__ raised {kind}: {message}", traceback=tb)
+            raise JobEnded(
+                JobStatus.WORKER_ERROR, _error_info("Handler.__init__", result["init_error"])
+            )
+        by_index = {ref.index: ref for ref in chunk}
+        for index, ok, seconds, err in result["outcomes"]:
+            self._record_time(seconds)
+            if ok:
+                self._succeeded(index)
+                self._last_worker = result["worker"]
+            else:
+                self._failed_attempt(by_index[index], err)
+        for index in result.get("not_run", ()):
+            self._retry.append(by_index[index])
+
+    def _record_time(self, seconds: float) -> None:
+        self.state.batch_seconds += seconds
+        self.state.attempts_timed += 1
+        a = self._avg_batch
+        self._avg_batch = seconds if a is None else 0.8 * a + 0.2 * seconds
+
+    def _succeeded(self, index: int) -> None:
+        self.state.succeeded += 1
+        self._ckpt.succeeded.append(index)
+        self._attempts.pop(index, None)
+        self._losses.pop(index, None)
+
+    def _failed_attempt(self, ref: BatchRef, err: tuple) -> None:
+        self.state.failed += 1
+        attempts = self._attempts.get(ref.index, 0) + 1
+        self._attempts[ref.index] = attempts
+        kind, message, _ = err
+        batch_id = batch_id_for(self.job_id, ref.index)
+        if attempts < self.max_attempts:
+            self.log.warning(
+                f"batch {batch_id} attempt {attempts} failed: {kind}: {message}; retrying"
+            )
+            self._retry.append(ref)
+        else:
+            self._dead_letter(ref, err, attempts, lost=self._losses.get(ref.index, 0))
+
+    def _chunk_lost(self, chunk: list[BatchRef], future: Future) -> None:
+        """A chunk whose task failed as a whole: its worker died, or it was cancelled."""
+        self.state.in_flight -= len(chunk)
+        exc = _future_exception(future)
+        err = (type(exc).__name__, f"worker lost: {exc}", "")
+        self.log.warning(f"chunk of {len(chunk)} batch(es) lost with its worker: {err[0]}: {exc}")
+        for ref in chunk:
+            self.state.lost += 1
+            losses = self._losses.get(ref.index, 0) + 1
+            self._losses[ref.index] = losses
+            if losses > self._max_losses:
+                self._dead_letter(ref, err, self._attempts.get(ref.index, 0), lost=losses)
+            else:
+                self._retry.append(ref)
+
+    def _dead_letter(self, ref: BatchRef, err: tuple, attempts: int, lost: int) -> None:
+        kind, message, tb = err
+        batch_id = batch_id_for(self.job_id, ref.index)
+        self.state.dead_lettered += 1
+        self._ckpt.dead_lettered.append(ref.index)
+        self._ckpt.dead_records.append(
+            {
+                "batch_id": batch_id,
+                "index": ref.index,
+                "payload": ref.describe(),
+                "error": f"{kind}: {message}",
+                "error_type": kind,
+                "message": message,
+                "traceback": tb,
+                "attempts": attempts,
+                "worker_losses": lost,
+                "time": utcnow_iso(),
+            }
+        )
+        self._attempts.pop(ref.index, None)
+        self._losses.pop(ref.index, None)
+        self.log.error(f"batch {batch_id} failed after {attempts} attempt(s): {kind}: {message}")
+
+    def _result_or_lost(self, future: Future) -> dict:
+        if future.status == "finished":
+            return future.result()
+        exc = _future_exception(future)
+        return {"error": (type(exc).__name__, f"worker lost: {exc}", ""), "logs": []}
+
+    # -- housekeeping -------------------------------------------------------------------------
+    def _tick(self) -> None:
+        now = time.time()
+        if self.deadline is not None and now >= self.deadline:
+            self.log.error(f"job timed out after {self.timeout} s")
+            raise JobEnded(
+                JobStatus.TIMED_OUT,
+                {
+                    "type": "Timeout",
+                    "reason": "timeout",
+                    "message": f"job exceeded its timeout of {self.timeout} s",
+                },
+            )
+        if now >= self._next_checkpoint:
+            if self.store.stop_requested(self.api_name, self.job_id):
+                self.log.info("stop requested")
+                raise JobEnded(JobStatus.STOPPED)
+            self._refresh_workers()
+            self._checkpoint()
+
+    def _checkpoint(self, force: bool = False) -> None:
+        self.state.heartbeat = time.time()
+        self.state.workers_running = len(self._workers)
+        self._ckpt.flush(self.state)
+        self._next_checkpoint = time.time() + self._interval
+
+    def _refresh_workers(self) -> None:
+        """The workers this job may use: at most ``workers`` of the cluster's."""
+        info = self.client.scheduler_info(n_workers=-1)
+        alive = sorted(info.get("workers", {}))
+        keep = [w for w in self._workers if w in alive]
+        wanted = int(self.record["submission"].get("workers", 1))
+        keep += [w for w in alive if w not in keep][: max(0, wanted - len(keep))]
+        self._workers = keep
+
+    def _cancel_all(self) -> None:
+        futures = [f for f, _ in self._inflight.values()]
+        self._inflight.clear()
+        if not futures:
+            return
+        try:
+            self.client.run(cancel_job, self.plugin.name)
+            self.client.cancel(futures, force=True)
+        except Exception as exc:  # noqa: BLE001 - the cluster may already be gone
+            logger.debug("cancelling futures of %s failed: %s", self.job_id, exc)
+
+
+def _deadline(record: dict, timeout: float | None) -> float | None:
+    if not timeout:
+        return None
+    return (parse_iso(record.get("created_time")) or time.time()) + float(timeout)
+
+
+def _future_exception(future: Future) -> BaseException:
+    try:
+        return future.exception(timeout=5) or RuntimeError(future.status)
+    except BaseException as exc:  # noqa: BLE001 - cancelled futures raise here
+        return exc
+
+
+def _error(reason: str, exc: BaseException) -> dict:
+    return {"type": type(exc).__name__, "message": str(exc), "reason": reason}
+
+
+def _error_info(reason: str, info: tuple) -> dict:
+    kind, message, _ = info
+    return {"type": kind, "message": f"{reason} raised {kind}: {message}", "reason": reason}
