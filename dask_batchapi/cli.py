@@ -19,7 +19,7 @@ from .status import JobStatus, parse_iso
 
 
 class _Group(click.Group):
-    """Turns our errors into one line and exit code 1."""
+    """Turns our errors and click's usage errors into one line (exit codes 1 and 2)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -27,6 +27,11 @@ class _Group(click.Group):
         except BatchAPIError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(1)
+        except click.UsageError as exc:
+            # click's default is a usage block plus "Error: ..."; the contract is one line
+            hint = f" (see: {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+            click.echo(f"error: {exc.format_message()}{hint}", err=True)
+            ctx.exit(exc.exit_code)
 
 
 store_option = click.option(
@@ -34,6 +39,12 @@ store_option = click.option(
     envvar="DASK_BATCHAPI_STORE",
     default=None,
     help="Store URL (local dir or s3://bucket/prefix).",
+)
+cluster_option = click.option(
+    "--cluster",
+    envvar="DASK_BATCHAPI_CLUSTER",
+    default=None,
+    help="local | tcp://host:port | kubernetes",
 )
 output_option = click.option(
     "-o",
@@ -77,12 +88,7 @@ def deploy(project_dir: str, store: str | None) -> None:
     "--dry-run", is_flag=True, help="Validate and list the matched inputs; submit nothing."
 )
 @click.option("--workers", type=int, default=None, help="Override the submission's workers.")
-@click.option(
-    "--cluster",
-    envvar="DASK_BATCHAPI_CLUSTER",
-    default=None,
-    help="local | tcp://host:port | kubernetes",
-)
+@cluster_option
 @store_option
 @output_option
 def submit(
@@ -103,9 +109,13 @@ def submit(
             click.echo(url)
         click.echo("validations passed")
         return
-    job = client.submit(api_name, submission, workers=workers)
+    _report_started(client.submit(api_name, submission, workers=workers), wait, fmt)
+
+
+def _report_started(job: Job, wait: bool, fmt: str) -> None:
+    """Print a started job's id (or its record with ``-o json``); with ``wait``, wait for it."""
     if fmt == "json" and not wait:
-        _echo_json(job.client.store.get_job(api_name, job.job_id) | {"job_id": job.job_id})
+        _echo_json(job.client.store.get_job(job.api_name, job.job_id) | {"job_id": job.job_id})
         return
     if fmt != "json":
         click.echo(job.job_id)
@@ -302,19 +312,29 @@ def stop(api_name: str, job_id: str, store: str | None) -> None:
 @main.command()
 @click.argument("api_name")
 @click.argument("job_id")
-@click.option("--wait", is_flag=True)
-@click.option("--cluster", envvar="DASK_BATCHAPI_CLUSTER", default=None)
+@click.option("--wait", is_flag=True, help="Block with a progress bar; exit 0 only on success.")
+@cluster_option
 @store_option
 @output_option
 def resume(
     api_name: str, job_id: str, wait: bool, cluster: str | None, store: str | None, fmt: str
 ) -> None:
     """Finish an interrupted job; batches that succeeded are not rerun."""
-    job = _client(store).resume_job(api_name, job_id, cluster=cluster)
-    if fmt != "json":
-        click.echo(job.job_id)
-    if wait:
-        _wait_and_exit(job, fmt)
+    _report_started(_client(store).resume_job(api_name, job_id, cluster=cluster), wait, fmt)
+
+
+@main.command()
+@click.argument("api_name")
+@click.argument("job_id")
+@click.option("--wait", is_flag=True, help="Block with a progress bar; exit 0 only on success.")
+@cluster_option
+@store_option
+@output_option
+def retry(
+    api_name: str, job_id: str, wait: bool, cluster: str | None, store: str | None, fmt: str
+) -> None:
+    """Submit a new job of only JOB_ID's dead-lettered batches; prints the new job id."""
+    _report_started(_client(store).retry_job(api_name, job_id, cluster=cluster), wait, fmt)
 
 
 @main.command("dead-letter")

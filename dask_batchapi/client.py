@@ -91,8 +91,7 @@ class BatchClient:
         api = self.store.get_api(api_name)
         parsed = submission if isinstance(submission, Submission) else parse_submission(submission)
         parsed = jobs.with_workers(parsed, workers)
-        target = cluster if cluster is not None else self.cluster
-        target = target if target is not None else config.cluster_target()
+        target = self._target(cluster)
         record = jobs.create_job(self.store, api, parsed, target)
         driver = jobs.start_job(self.store, record, target)
         return Job(self, api_name, record["job_id"], driver=driver)
@@ -126,6 +125,17 @@ class BatchClient:
         target = "local" if target == "client" and cluster is None else target
         driver = jobs.start_job(self.store, record, target)
         return Job(self, api_name, job_id, driver=driver)
+
+    def retry_job(self, api_name: str, job_id: str, cluster: Any = None) -> Job:
+        """A new job of only the dead-lettered batches of ``job_id``."""
+        target = self._target(cluster)
+        record = jobs.create_retry_job(self.store, api_name, job_id, target)
+        driver = jobs.start_job(self.store, record, target)
+        return Job(self, api_name, record["job_id"], driver=driver)
+
+    def _target(self, cluster: Any) -> Any:
+        target = cluster if cluster is not None else self.cluster
+        return target if target is not None else config.cluster_target()
 
     def logs(self, api_name: str, job_id: str) -> list[dict]:
         """Every log line of the job (all workers and the driver), parsed."""
@@ -221,7 +231,12 @@ class Job:
         return self.client.logs(self.api_name, self.job_id)
 
     def dead_letter(self) -> list[dict]:
+        """Failed batches: batch_id, payload, error, traceback, attempts (DataFrame-ready)."""
         return self.client.dead_letter(self.api_name, self.job_id)
+
+    def retry(self, cluster: Any = None) -> Job:
+        """A new job of only this job's dead-lettered batches."""
+        return self.client.retry_job(self.api_name, self.job_id, cluster=cluster)
 
     def _poll(self) -> dict:
         return self.status

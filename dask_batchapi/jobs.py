@@ -9,7 +9,6 @@ of the caller when the cluster is a live ``Client`` object.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import secrets
 import socket
@@ -23,12 +22,12 @@ from typing import Any
 
 from . import config
 from .cluster import backend_for, is_detachable
+from .enqueue import batch_refs, known_total
 from .errors import JobStateError, SubmissionError
-from .ledger import load_final
+from .ledger import load_final, read_dead_letter
 from .project import check_handler, pack_project
 from .runtime import JobContext
 from .scheduler import JobDriver
-from .sources import iter_item_batches
 from .spec import APISpec, Submission, api_spec_from_dict, deep_merge, load_api_specs
 from .status import JobState, JobStatus, is_interrupted, status_document, utcnow_iso
 from .store import JobStore
@@ -68,13 +67,6 @@ def deploy(store: JobStore, project_dir: str | os.PathLike) -> list[dict]:
 
 
 # -- submit ---------------------------------------------------------------------------------
-def total_batches(submission: Submission) -> int | None:
-    source = submission.source
-    if submission.source_kind == "item_list":
-        return math.ceil(len(source.items) / source.batch_size)
-    return None
-
-
 def build_record(
     api: dict, submission: Submission, cluster: Any, retry_of: str | None = None
 ) -> dict:
@@ -107,15 +99,35 @@ def build_record(
     return record
 
 
+def create_retry_job(store: JobStore, api_name: str, job_id: str, cluster: Any) -> dict:
+    """A new job of only the dead-lettered batches of ``job_id`` (same batches, new ids)."""
+    original = store.get_job(api_name, job_id)
+    dead = read_dead_letter(store, api_name, job_id)
+    if not dead:
+        raise JobStateError(f"job {job_id} has no failed batches to retry")
+    api = store.get_api(api_name)
+    submission = _submission_of(original)
+    record = build_record(api, submission, cluster, retry_of=job_id)
+    record["retry_refs"] = [r["ref"] for r in dead]
+    store.create_job(record)
+    state = JobState(total_batch_count=len(dead))
+    store.write_state(api_name, record["job_id"], state.to_dict())
+    return record
+
+
 def create_job(store: JobStore, api: dict, submission: Submission, cluster: Any, **kw: Any) -> dict:
     if submission.output and "://" not in submission.output:
         # a local output path means the submitter's directory, not the driver's or a worker's
         from dataclasses import replace
 
         submission = replace(submission, output=os.path.abspath(submission.output))
+    files = matched_files(submission) if submission.source_kind != "item_list" else None
     record = build_record(api, submission, cluster, **kw)
+    if files is not None:
+        record[submission.source_kind]["file_count"] = len(files)
+        store.put_listing(record["api_name"], record["job_id"], files)
     store.create_job(record)
-    state = JobState(total_batch_count=total_batches(submission))
+    state = JobState(total_batch_count=known_total(submission, files))
     store.write_state(record["api_name"], record["job_id"], state.to_dict())
     return record
 
@@ -191,19 +203,32 @@ def run_job(store: JobStore, api_name: str, job_id: str, cluster: Any) -> JobSta
     submission = _submission_of(record)
     spec = api_spec_from_dict(api["spec"])
     final = load_final(store, api_name, job_id) if state.run > 1 else ()
+    files = store.get_listing(api_name, job_id)
+    if state.total_batch_count is None:
+        state.total_batch_count = known_total(submission, files)
     try:
         with backend_for(cluster, submission.workers, api["spec"].get("compute")) as client:
+            refs, indexer = batch_refs(
+                submission,
+                record,
+                files,
+                client,
+                config.storage_options(),
+                on_total=lambda total: setattr(state, "total_batch_count", total),
+            )
             driver = JobDriver(
                 store,
                 record,
                 _context(record, api, spec, submission, state),
                 store.get_archive(api_name, record["archive_sha256"]),
-                _refs(submission),
+                refs,
                 client,
                 state=state,
-                total_batch_count=total_batches(submission),
                 skip=final,
             )
+            if indexer is not None:
+                indexer.wait = driver.tick
+                indexer.workers = lambda: driver.workers
             return driver.run()
     except Exception as exc:  # noqa: BLE001 - the job must end in a final status
         logger.exception("job %s could not run", job_id)
@@ -220,16 +245,9 @@ def _submission_of(record: dict) -> Submission:
     return submission_from_dict(record["submission"])
 
 
-def _refs(submission: Submission):
-    source = submission.source
-    if submission.source_kind == "item_list":
-        return iter_item_batches(source.items, source.batch_size)
-    raise SubmissionError(f"{submission.source_kind} is not supported by this version yet")
-
-
 def job_spec_for(record: dict, state: JobState) -> dict:
     """What ``Handler.__init__`` receives as ``job_spec`` (Cortex's fields and the record's)."""
-    spec = {k: v for k, v in record.items() if k != "submission"}
+    spec = {k: v for k, v in record.items() if k not in ("submission", "retry_refs")}
     spec.update(
         total_batch_count=state.total_batch_count, start_time=state.start_time or utcnow_iso()
     )

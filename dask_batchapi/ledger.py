@@ -9,8 +9,9 @@ batch marked dead in the ledger always has its dead-letter record.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
+from .sources import BatchRef, Segment
 from .status import JobState
 from .store import JobStore
 
@@ -86,3 +87,20 @@ def read_logs(
         lines.extend(store.read_segment(api_name, job_id, "logs", name))
         last = name
     return lines, last
+
+
+def ref_to_dict(ref: BatchRef) -> dict:
+    """A batch reference as JSON, so a dead-lettered batch can be run again (``retry``)."""
+    return asdict(ref)
+
+
+def ref_from_dict(data: dict, index: int) -> BatchRef:
+    """The reference stored by :func:`ref_to_dict`, renumbered as batch ``index``."""
+    files = data.get("files")
+    segments = data.get("segments")
+    return BatchRef(
+        index=index,
+        items=data.get("items"),
+        files=tuple(files) if files is not None else None,
+        segments=tuple(Segment(**s) for s in segments) if segments is not None else None,
+    )

@@ -33,7 +33,8 @@ from distributed import Client, Future
 
 from . import config
 from .driverlog import DriverLog
-from .ledger import Checkpointer
+from .errors import SourceError
+from .ledger import Checkpointer, ref_to_dict
 from .runtime import (
     JobContext,
     JobPlugin,
@@ -72,14 +73,12 @@ class JobDriver:
         client: Client,
         *,
         state: JobState,
-        total_batch_count: int | None,
         skip: Any = (),
     ):
         self.store, self.record, self.client = store, record, client
         self.api_name, self.job_id = record["api_name"], record["job_id"]
         self.plugin = JobPlugin(context, archive)
         self.state = state
-        self.state.total_batch_count = total_batch_count
         self.has_complete_hook = bool(context.signature.get("complete_method"))
         submission = record["submission"]
         self.max_attempts = int(submission.get("dead_letter", {}).get("max_receive_count", 1))
@@ -102,7 +101,7 @@ class JobDriver:
         self._max_chunk = int(config.get("max-chunk-batches"))
         self._max_losses = int(config.get("max-worker-losses"))
         self._interval = float(config.get("checkpoint-interval"))
-        self._workers: list[str] = []
+        self.workers: list[str] = []
 
     # -- entry point --------------------------------------------------------------------------
     def run(self) -> JobStatus:
@@ -119,6 +118,9 @@ class JobDriver:
             self._finish(final)
         except JobEnded as ended:
             self._finish(ended.status, ended.error)
+        except SourceError as exc:
+            self.log.error(f"input could not be read: {exc}")
+            self._finish(JobStatus.ENQUEUE_FAILED, _error("enqueue", exc))
         except Exception as exc:  # noqa: BLE001 - any driver failure must end in a final status
             logger.exception("driver of job %s failed", self.job_id)
             self._finish(JobStatus.UNEXPECTED_ERROR, _error("driver", exc))
@@ -133,7 +135,7 @@ class JobDriver:
         self._checkpoint(force=True)
         self.client.register_plugin(self.plugin, name=self.plugin.name)
         self._refresh_workers()
-        self.log.info(f"job started on {len(self._workers)} worker(s)")
+        self.log.info(f"job started on {len(self.workers)} worker(s)")
         self.state.status = JobStatus.RUNNING.value
         self._checkpoint(force=True)
 
@@ -143,7 +145,7 @@ class JobDriver:
             if not self._inflight and self._source_done and not self._retry:
                 return
             self._handle(self._wait(_TICK))
-            self._tick()
+            self.tick()
 
     def _complete(self) -> None:
         if not self.has_complete_hook:
@@ -158,7 +160,7 @@ class JobDriver:
         future.add_done_callback(self._done.put)
         while not future.done():
             self._wait(_TICK)
-            self._tick()
+            self.tick()
         result = self._result_or_lost(future)
         self._ckpt.logs.extend(result.get("logs", ()))
         if result.get("error"):
@@ -181,7 +183,7 @@ class JobDriver:
 
     # -- the window ---------------------------------------------------------------------------
     def _fill_window(self) -> None:
-        limit = max(1, len(self._workers)) * self._prefetch
+        limit = max(1, len(self.workers)) * self._prefetch
         while len(self._inflight) < limit:
             chunk = self._next_chunk(self._chunk_size())
             if not chunk:
@@ -194,7 +196,7 @@ class JobDriver:
         size = int(self._chunk_target / max(self._avg_batch, 1e-6))
         remaining = self._remaining()
         if remaining is not None:  # keep the tail balanced across workers
-            size = min(size, math.ceil(remaining / (max(1, len(self._workers)) * self._prefetch)))
+            size = min(size, math.ceil(remaining / (max(1, len(self.workers)) * self._prefetch)))
         return max(1, min(size, self._max_chunk))
 
     def _remaining(self) -> int | None:
@@ -221,7 +223,7 @@ class JobDriver:
             self.plugin.name,
             chunk,
             pure=False,
-            workers=self._workers or None,
+            workers=self.workers or None,
             allow_other_workers=True,
         )
         self._inflight[future.key] = (future, chunk)
@@ -345,6 +347,7 @@ class JobDriver:
                 "attempts": attempts,
                 "worker_losses": lost,
                 "time": utcnow_iso(),
+                "ref": ref_to_dict(ref),
             }
         )
         self._attempts.pop(ref.index, None)
@@ -358,7 +361,8 @@ class JobDriver:
         return {"error": (type(exc).__name__, f"worker lost: {exc}", ""), "logs": []}
 
     # -- housekeeping -------------------------------------------------------------------------
-    def _tick(self) -> None:
+    def tick(self) -> None:
+        """Housekeeping: timeout, stop request, checkpoint and heartbeat, worker refresh."""
         now = time.time()
         if self.deadline is not None and now >= self.deadline:
             self.log.error(f"job timed out after {self.timeout} s")
@@ -379,7 +383,7 @@ class JobDriver:
 
     def _checkpoint(self, force: bool = False) -> None:
         self.state.heartbeat = time.time()
-        self.state.workers_running = len(self._workers)
+        self.state.workers_running = len(self.workers)
         self._ckpt.flush(self.state)
         self._next_checkpoint = time.time() + self._interval
 
@@ -387,10 +391,10 @@ class JobDriver:
         """The workers this job may use: at most ``workers`` of the cluster's."""
         info = self.client.scheduler_info(n_workers=-1)
         alive = sorted(info.get("workers", {}))
-        keep = [w for w in self._workers if w in alive]
+        keep = [w for w in self.workers if w in alive]
         wanted = int(self.record["submission"].get("workers", 1))
         keep += [w for w in alive if w not in keep][: max(0, wanted - len(keep))]
-        self._workers = keep
+        self.workers = keep
 
     def _cancel_all(self) -> None:
         futures = [f for f, _ in self._inflight.values()]

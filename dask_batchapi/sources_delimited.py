@@ -224,26 +224,47 @@ def index_file(
     count = 0
     try:
         fs, path = url_to_fs(url, **(storage_options or {}))
-        with fs.open(path, "rb", block_size=block_size) as file:
-            cur = _Cursor(file.read, byte=0, line=1, block=block_size)
-            while (found := _next_value(cur)) is not None:
-                if count % granularity == 0:
-                    byte, line = cur.locate(found[0])
-                    offsets.append(byte)
-                    lines.append(line)
-                count += 1
-            size = cur.bytes_seen
+        cur = _Cursor(_BlockReader(fs, path).read, byte=0, line=1, block=block_size)
+        while (found := _next_value(cur)) is not None:
+            if count % granularity == 0:
+                byte, line = cur.locate(found[0])
+                offsets.append(byte)
+                lines.append(line)
+            count += 1
+        size = cur.bytes_seen
     except Exception as exc:
         raise SourceError(f"cannot read {url}: {type(exc).__name__}: {exc}") from exc
     logger.debug("indexed %s: %d values, %d bytes", url, count, size)
     return FileIndex(url, count, tuple(offsets), granularity, size, tuple(lines))
 
 
+class _BlockReader:
+    """Reads a file front to back with ranged reads: one GET per block on object stores,
+    where opening a file costs an extra request for its size."""
+
+    def __init__(self, fs, path: str):
+        self.fs, self.path, self.pos, self.done = fs, path, 0, False
+
+    def read(self, n: int) -> bytes:
+        if self.done:
+            return b""
+        try:
+            data = self.fs.cat_file(self.path, start=self.pos, end=self.pos + n)
+        except OSError:
+            # S3 refuses a range that starts at the end of the object (or of an empty one)
+            if self.fs.size(self.path) != self.pos:
+                raise
+            data = b""
+        self.pos += len(data)
+        self.done = len(data) < n
+        return data
+
+
 def _read_range(url: str, start: int, end: int | None, storage_options: dict | None) -> bytes:
     fs, path = url_to_fs(url, **(storage_options or {}))
-    # Keywords matter: s3fs's cat_file takes version_id second. start=0 is passed as None
-    # because a ranged read of an empty object is an error on S3.
-    return fs.cat_file(path, start=start or None, end=end)
+    # Keywords matter: s3fs's cat_file takes version_id second. An integer start keeps s3fs
+    # from asking for the object's size first (ranges here never start in an empty object).
+    return fs.cat_file(path, start=start, end=end)
 
 
 def read_segments(

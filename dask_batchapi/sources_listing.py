@@ -31,7 +31,6 @@ logger = logging.getLogger(__name__)
 # Listing happens at submit time, where an unreachable endpoint must fail in seconds instead of
 # botocore's minutes of retries. Caller's storage options win over these.
 _S3_LISTING_DEFAULTS = {
-    "retries": 2,  # s3fs's own retry loop, on top of botocore's
     "config_kwargs": {"connect_timeout": 5, "read_timeout": 10, "retries": {"max_attempts": 2}},
 }
 _S3_PROTOCOLS = ("s3", "s3a")

@@ -110,7 +110,7 @@ class JobState:
         return JobStatus(self.status)
 
 
-_RECORD_HIDDEN = ("submission",)
+_RECORD_HIDDEN = ("submission", "retry_refs")
 
 
 def is_interrupted(record: dict, state: JobState, now: float, heartbeat_timeout: float) -> bool:

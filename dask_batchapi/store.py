@@ -83,6 +83,7 @@ class JobStore:
 
     def exists(self, path: str) -> bool:
         try:
+            self.fs.invalidate_cache(path)  # another machine may have written it
             return self.fs.exists(path)
         except OSError as exc:
             raise StoreError(f"cannot read store {self.url}: {exc}") from None
@@ -163,6 +164,16 @@ class JobStore:
     def list_job_ids(self, api: str) -> list[str]:
         """Job ids of ``api``, newest first (ids sort that way)."""
         return self._names(self._path("jobs", api))
+
+    def put_listing(self, api: str, job_id: str, files: list[str]) -> None:
+        """The input files matched at submit, so every run of the job sees the same list."""
+        self.write_json(self._job(api, job_id, "files.json"), files)
+
+    def get_listing(self, api: str, job_id: str) -> list[str] | None:
+        try:
+            return self.read_json(self._job(api, job_id, "files.json"))
+        except FileNotFoundError:
+            return None
 
     def write_state(self, api: str, job_id: str, state: dict) -> None:
         self.write_json(self._job(api, job_id, "state.json"), state)

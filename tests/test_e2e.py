@@ -150,3 +150,27 @@ def test_example_project_runs(tmp_path, store_dir):
     assert job.wait(timeout=90) == "succeeded"
     assert job.metrics["succeeded"] == 10
     assert any(line.get("message") == "job done: top words" for line in job.logs())
+
+
+def test_retry_runs_only_dead_lettered_batches(tmp_path, store_dir):
+    flag = tmp_path / "fixed"
+    project = write_project(tmp_path / "p", f"""
+        import os
+        class Handler:
+            def handle_batch(self, payload):
+                if 7 in payload and not os.path.exists({str(flag)!r}):
+                    raise ValueError("seven")
+                return payload
+        """, name="retryable")
+    api = batchapi.deploy(project)
+    job = api.submit({"item_list": {"items": list(range(10)), "batch_size": 3},
+                      "output": str(tmp_path / "out")})
+    assert job.wait(timeout=60) == "completed_with_failures"
+    flag.write_text("now it works")
+    retry = job.retry()
+    assert retry.wait(timeout=60) == "succeeded"
+    status = retry.status["job_status"]
+    assert status["retry_of"] == job.job_id
+    assert status["total_batch_count"] == 1
+    [part] = (tmp_path / "out" / retry.job_id).iterdir()
+    assert part.read_text().split() == ["6", "7", "8"]
