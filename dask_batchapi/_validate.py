@@ -1,8 +1,9 @@
 """Value checks shared by the API spec (:mod:`.spec`) and job submissions (:mod:`.submission`).
 
-Each check returns the value (normalised where it says so) or raises :class:`Invalid`, a message
-that names the key path and the offending value but not yet the file or object; the public
-parsers add that prefix and re-raise it as ``SpecError`` or ``SubmissionError``.
+Each check returns the value (normalised where it says so: CPU amounts and byte quantities are
+parsed) or raises :class:`Invalid`, a message that names the key path and the offending value but
+not yet the file or object; the public parsers add that prefix and re-raise it as ``SpecError`` or
+``SubmissionError``. ``parse_cpu`` and ``parse_quantity`` are public through :mod:`.spec`.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import dask.config
 from distributed import Client, LocalCluster
 
 from . import config
@@ -62,7 +63,14 @@ class LocalBackend(ClusterBackend):
         local = {k.replace("-", "_"): v for k, v in (config.get("local") or {}).items()}
         if self.compute.get("mem"):
             local.setdefault("memory_limit", int(self.compute["mem"]))
-        self.cluster = LocalCluster(n_workers=self.workers, processes=True, **local)
+        # The driver counts lost workers per batch itself: let every loss reach it at once. No
+        # root-task queuing: the driver's own window keeps `prefetch` chunks per worker.
+        settings = {
+            "distributed.scheduler.allowed-failures": 0,
+            "distributed.scheduler.worker-saturation": float("inf"),
+        }
+        with dask.config.set(settings):
+            self.cluster = LocalCluster(n_workers=self.workers, processes=True, **local)
         return Client(self.cluster, set_as_default=False)
 
     def close(self) -> None:

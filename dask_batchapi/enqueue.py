@@ -46,7 +46,6 @@ class RemoteIndexer:
         self.client, self.files, self.granularity = client, files, granularity
         self.storage_options, self.window = storage_options, window
         self.values = 0
-        self.workers: Callable[[], list[str]] = lambda: []
         self.wait: Callable[[], None] = lambda: None  # the driver's housekeeping while blocked
 
     def __iter__(self) -> Iterator[FileIndex]:
@@ -64,8 +63,6 @@ class RemoteIndexer:
                         self.granularity,
                         self.storage_options,
                         pure=False,
-                        workers=self.workers() or None,
-                        allow_other_workers=True,
                     )
                 )
             if not pending:

@@ -202,7 +202,10 @@ def run_job(store: JobStore, api_name: str, job_id: str, cluster: Any) -> JobSta
     store.write_state(api_name, job_id, state.to_dict())
     submission = _submission_of(record)
     spec = api_spec_from_dict(api["spec"])
-    final = load_final(store, api_name, job_id) if state.run > 1 else ()
+    final = load_final(store, api_name, job_id) if state.run > 1 else None
+    if final is not None:  # the ledger is the truth; the state may be a checkpoint older
+        state.succeeded, state.dead_lettered = len(final.succeeded), len(final.dead_lettered)
+    state.in_flight = 0
     files = store.get_listing(api_name, job_id)
     if state.total_batch_count is None:
         state.total_batch_count = known_total(submission, files)
@@ -224,11 +227,10 @@ def run_job(store: JobStore, api_name: str, job_id: str, cluster: Any) -> JobSta
                 refs,
                 client,
                 state=state,
-                skip=final,
+                skip=final or (),
             )
             if indexer is not None:
                 indexer.wait = driver.tick
-                indexer.workers = lambda: driver.workers
             return driver.run()
     except Exception as exc:  # noqa: BLE001 - the job must end in a final status
         logger.exception("job %s could not run", job_id)
@@ -269,6 +271,8 @@ def _context(
         log_level=spec.handler.log_level,
         output=submission.output,
         storage_options=config.storage_options(),
+        batch_timeout=submission.batch_timeout,
+        batch_timeout_grace=float(config.get("batch-timeout-grace")),
     )
 
 

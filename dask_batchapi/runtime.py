@@ -14,6 +14,7 @@ with one thread (the embedded cluster does) to use every core.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import logging
 import os
@@ -38,6 +39,11 @@ from .sources import load_payloads
 logger = logging.getLogger(__name__)
 
 _HANDLER_LOCK = threading.RLock()  # see the module docstring
+TIMEOUT_EVENT = "batchapi-batch-timeout"  # worker event: a stuck batch's worker is restarted
+
+
+class BatchTimeout(Exception):
+    """Raised inside a batch that ran longer than the job's ``batch_timeout``."""
 
 
 def plugin_name(job_id: str) -> str:
@@ -70,6 +76,8 @@ class JobContext:
     log_level: str = "info"
     output: str | None = None
     storage_options: dict = field(default_factory=dict)
+    batch_timeout: float | None = None
+    batch_timeout_grace: float = 5.0
 
 
 class JobPlugin(WorkerPlugin):
@@ -94,6 +102,9 @@ class JobPlugin(WorkerPlugin):
         self._modules: list[str] = []
         self._writer: OutputWriter | None = None
         self.dir: Path | None = None
+        self._current: tuple[int, float, int] | None = None  # batch index, start, thread id
+        self._current_lock = threading.Lock()
+        self._watchdog: BatchWatchdog | None = None
 
     def __getstate__(self) -> dict:
         return {"context": self.context, "archive": self.archive, "name": self.name}
@@ -108,9 +119,14 @@ class JobPlugin(WorkerPlugin):
         self.dir = unpack_project(self.archive, root / self.context.job_id)
         self.worker_address = worker.address
         install_collector()
+        if self.context.batch_timeout:
+            self._watchdog = BatchWatchdog(self, worker)
+            self._watchdog.start()
 
     def teardown(self, worker) -> None:
         self.cancelled = True
+        if self._watchdog is not None:
+            self._watchdog.stop()
         with _HANDLER_LOCK:
             self.handler = None
             for name in self._modules:
@@ -205,8 +221,11 @@ class JobPlugin(WorkerPlugin):
         for ref, payload in zip(refs, payloads, strict=True):
             if self.cancelled:
                 not_run.append(ref.index)
-            else:
+                continue
+            try:
                 outcomes.append(self._run_one(ref.index, payload))
+            except BatchTimeout as exc:  # raised a moment after the batch ended: still a timeout
+                outcomes.append((ref.index, False, 0.0, error_info(exc)))
         logs = install_collector().drain(self.context.job_id)
         return {**result, "outcomes": outcomes, "not_run": not_run, "logs": logs}
 
@@ -217,14 +236,29 @@ class JobPlugin(WorkerPlugin):
         try:
             if isinstance(payload, BaseException):
                 raise payload
-            with self._in_project(batch_id=batch_id):
+            with self._in_project(batch_id=batch_id), self._watched(index):
                 value = self._call_batch(payload, batch_id)
             if value is not None and self.context.output:
                 self._output_writer().commit(index, value)
+        except BatchTimeout:
+            limit = self.context.batch_timeout
+            exc = BatchTimeout(f"batch ran longer than its batch_timeout of {limit} s")
+            return index, False, time.perf_counter() - start, error_info(exc)
         except Exception as exc:  # noqa: BLE001 - a handler failure fails only its batch
             return index, False, time.perf_counter() - start, error_info(exc)
         self.batches_run += 1
         return index, True, time.perf_counter() - start, None
+
+    @contextmanager
+    def _watched(self, index: int):
+        """Let the watchdog see which batch this thread runs, and since when."""
+        with self._current_lock:
+            self._current = (index, time.monotonic(), threading.get_ident())
+        try:
+            yield
+        finally:
+            with self._current_lock:
+                self._current = None
 
     def _call_batch(self, payload: Any, batch_id: str) -> Any:
         sig = self.context.signature
@@ -254,6 +288,61 @@ class JobPlugin(WorkerPlugin):
                 result["error"] = error_info(exc)
         result["logs"] = install_collector().drain(self.context.job_id)
         return result
+
+
+class BatchWatchdog(threading.Thread):
+    """Enforces ``batch_timeout`` on one worker.
+
+    A batch over its time gets :class:`BatchTimeout` raised inside it (asynchronously, so pure
+    Python code stops at once; it counts as a failed attempt). A batch stuck in C code that
+    ignores it for ``batch_timeout_grace`` seconds more has its worker process restarted by the
+    nanny, after an event tells the driver which batch it was.
+    """
+
+    def __init__(self, plugin: JobPlugin, worker):
+        super().__init__(name=f"batchapi-watchdog-{plugin.context.job_id}", daemon=True)
+        self.plugin, self.worker = plugin, worker
+        self.timeout = float(plugin.context.batch_timeout)
+        self.grace = float(plugin.context.batch_timeout_grace)
+        self._stop_event = threading.Event()
+        self._signalled: tuple[int, float] | None = None  # (batch index, when)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def run(self) -> None:
+        step = min(0.1, self.timeout / 10)
+        while not self._stop_event.wait(step):
+            self._check(time.monotonic())
+
+    def _check(self, now: float) -> None:
+        plugin = self.plugin
+        with plugin._current_lock:
+            current = plugin._current
+            if current is None:
+                return
+            index, started, thread_id = current
+            if now - started < self.timeout:
+                return
+            if self._signalled is None or self._signalled[0] != index:
+                self._signalled = (index, now)
+                exc = ctypes.py_object(BatchTimeout)
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), exc)
+                return
+        if now - self._signalled[1] > self.grace and self.worker.nanny:
+            self._restart_worker(index)
+
+    def _restart_worker(self, index: int) -> None:
+        ctx = self.plugin.context
+        logger.error(
+            "batch %s of job %s is stuck past its timeout; restarting this worker",
+            index,
+            ctx.job_id,
+        )
+        event = {"job_id": ctx.job_id, "index": index}
+        self.worker.loop.add_callback(self.worker.log_event, TIMEOUT_EVENT, event)
+        time.sleep(0.5)  # let the event reach the scheduler
+        os._exit(1)
 
 
 def _plugin(name: str) -> JobPlugin:

@@ -6,9 +6,9 @@ One :class:`JobDriver` runs one job (or one resumed run of it) on a ``distribute
 2. streams batch references from the source and keeps a bounded window of chunk futures in
    flight (``running``): at most ``prefetch`` chunks per worker, so memory is O(window);
    short batches are coalesced into chunks sized from the measured time per batch;
-3. records each batch's outcome: success into the ledger, a failed attempt back into the queue
-   until its attempts are spent, then into the dead letter; a chunk lost with its worker is
-   rerun without spending the handler's attempts;
+3. records each batch's outcome (:class:`~dask_batchapi.outcomes.BatchBook`): successes into
+   the ledger, failed attempts back into the queue until spent, then the dead letter; chunks
+   lost with their worker rerun without spending attempts;
 4. when every batch is final runs ``on_job_complete`` once on a worker that handled batches,
    writes the final status, and unregisters the plugin.
 
@@ -25,7 +25,6 @@ import os
 import queue
 import socket
 import time
-from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,11 +33,12 @@ from distributed import Client, Future
 from . import config
 from .driverlog import DriverLog
 from .errors import SourceError
-from .ledger import Checkpointer, ref_to_dict
+from .ledger import Checkpointer
+from .outcomes import BatchBook, OutOfMemory
 from .runtime import (
+    TIMEOUT_EVENT,
     JobContext,
     JobPlugin,
-    batch_id_for,
     cancel_job,
     run_chunk_task,
     run_complete_task,
@@ -50,6 +50,7 @@ from .store import JobStore
 logger = logging.getLogger(__name__)
 
 _TICK = 0.2  # seconds the loop sleeps at most between looks at stop / timeout / checkpoint
+_MEMORY_EVENT = "worker-restart-memory"  # logged by distributed's nanny when it kills for memory
 
 
 class JobEnded(Exception):
@@ -81,27 +82,33 @@ class JobDriver:
         self.state = state
         self.has_complete_hook = bool(context.signature.get("complete_method"))
         submission = record["submission"]
-        self.max_attempts = int(submission.get("dead_letter", {}).get("max_receive_count", 1))
         self.timeout = submission.get("timeout")
         self.deadline = _deadline(record, self.timeout)
         self._source = (ref for ref in refs if ref.index not in skip)
         self._source_done = False
-        self._retry: deque[BatchRef] = deque()
-        self._attempts: dict[int, int] = {}
-        self._losses: dict[int, int] = {}
-        self._inflight: dict[str, tuple[Future, list[BatchRef]]] = {}
+        self._inflight: dict[str, tuple[Future, list[BatchRef], float]] = {}
         self._done: queue.SimpleQueue = queue.SimpleQueue()
         self._avg_batch: float | None = None
         self._last_worker: str | None = None
         self._ckpt = Checkpointer(store, self.api_name, self.job_id, state.run)
         self.log = DriverLog(self.api_name, self.job_id, self._ckpt)
+        self.book = BatchBook(
+            self.job_id,
+            state,
+            self._ckpt,
+            self.log,
+            max_attempts=int(submission.get("dead_letter", {}).get("max_receive_count", 1)),
+            max_losses=int(config.get("max-worker-losses")),
+            max_ooms=int(config.get("max-oom-retries")),
+        )
         self._next_checkpoint = 0.0
         self._prefetch = int(config.get("prefetch"))
         self._chunk_target = float(config.get("chunk-target-seconds"))
         self._max_chunk = int(config.get("max-chunk-batches"))
-        self._max_losses = int(config.get("max-worker-losses"))
         self._interval = float(config.get("checkpoint-interval"))
         self.workers: list[str] = []
+        self._restrict = False
+        self._restrictions: dict[str, set[str]] = {}
 
     # -- entry point --------------------------------------------------------------------------
     def run(self) -> JobStatus:
@@ -110,14 +117,13 @@ class JobDriver:
             self._start()
             self._dispatch_until_drained()
             self._complete()
-            final = (
-                JobStatus.COMPLETED_WITH_FAILURES
-                if self.state.dead_lettered
-                else JobStatus.SUCCEEDED
-            )
-            self._finish(final)
+            failures = self.state.dead_lettered
+            self._finish(JobStatus.COMPLETED_WITH_FAILURES if failures else JobStatus.SUCCEEDED)
         except JobEnded as ended:
             self._finish(ended.status, ended.error)
+        except OutOfMemory as exc:
+            self.log.error(str(exc))
+            self._finish(JobStatus.WORKER_OOM, _error("out_of_memory", exc))
         except SourceError as exc:
             self.log.error(f"input could not be read: {exc}")
             self._finish(JobStatus.ENQUEUE_FAILED, _error("enqueue", exc))
@@ -132,17 +138,17 @@ class JobDriver:
         self.state.start_time = self.state.start_time or utcnow_iso()
         self.state.driver = {"host": socket.gethostname(), "pid": os.getpid()}
         self.state.dashboard_link = getattr(self.client, "dashboard_link", None)
-        self._checkpoint(force=True)
+        self._checkpoint()
         self.client.register_plugin(self.plugin, name=self.plugin.name)
         self._refresh_workers()
         self.log.info(f"job started on {len(self.workers)} worker(s)")
         self.state.status = JobStatus.RUNNING.value
-        self._checkpoint(force=True)
+        self._checkpoint()
 
     def _dispatch_until_drained(self) -> None:
         while True:
             self._fill_window()
-            if not self._inflight and self._source_done and not self._retry:
+            if not self._inflight and self._source_done and not self.book.retry:
                 return
             self._handle(self._wait(_TICK))
             self.tick()
@@ -154,14 +160,14 @@ class JobDriver:
             run_complete_task,
             self.plugin.name,
             pure=False,
-            workers=[self._last_worker] if self._last_worker else None,
             allow_other_workers=True,
+            workers=[self._last_worker] if self._last_worker else None,
         )
         future.add_done_callback(self._done.put)
         while not future.done():
             self._wait(_TICK)
             self.tick()
-        result = self._result_or_lost(future)
+        result = self._one_result(future) or {"error": _lost_info(future), "logs": []}
         self._ckpt.logs.extend(result.get("logs", ()))
         if result.get("error"):
             kind, message, tb = result["error"]
@@ -179,7 +185,7 @@ class JobDriver:
             self.client.unregister_worker_plugin(self.plugin.name)
         except Exception as exc:  # noqa: BLE001 - the cluster may already be gone
             logger.debug("unregistering plugin of %s failed: %s", self.job_id, exc)
-        self._checkpoint(force=True)
+        self._checkpoint()
 
     # -- the window ---------------------------------------------------------------------------
     def _fill_window(self) -> None:
@@ -206,9 +212,9 @@ class JobDriver:
         return total - self.state.succeeded - self.state.dead_lettered - self.state.in_flight
 
     def _next_chunk(self, size: int) -> list[BatchRef]:
-        chunk: list[BatchRef] = []
-        while self._retry and len(chunk) < size:
-            chunk.append(self._retry.popleft())
+        chunk = self.book.next_retries(size)
+        if len(chunk) == 1 and self.book.is_suspect(chunk[0].index):
+            return chunk  # a memory suspect runs alone
         while not self._source_done and len(chunk) < size:
             ref = next(self._source, None)
             if ref is None:
@@ -218,15 +224,11 @@ class JobDriver:
         return chunk
 
     def _submit(self, chunk: list[BatchRef]) -> None:
-        future = self.client.submit(
-            run_chunk_task,
-            self.plugin.name,
-            chunk,
-            pure=False,
-            workers=self.workers or None,
-            allow_other_workers=True,
-        )
-        self._inflight[future.key] = (future, chunk)
+        where = {"workers": list(self.workers)} if self._restrict else {}
+        future = self.client.submit(run_chunk_task, self.plugin.name, chunk, pure=False, **where)
+        self._inflight[future.key] = (future, chunk, time.time())
+        if self._restrict:
+            self._restrictions[future.key] = set(self.workers)
         self.state.in_flight += len(chunk)
         future.add_done_callback(self._done.put)
 
@@ -244,24 +246,26 @@ class JobDriver:
     # -- outcomes -----------------------------------------------------------------------------
     def _handle(self, futures: list[Future]) -> None:
         entries = [self._inflight.pop(f.key) for f in futures if f.key in self._inflight]
-        finished = [(f, c) for f, c in entries if f.status == "finished"]
-        for (future, chunk), result in zip(finished, self._gather(finished), strict=True):
+        for f in futures:
+            self._restrictions.pop(f.key, None)
+        finished = [e for e in entries if e[0].status == "finished"]
+        for (future, chunk, since), result in zip(finished, self._gather(finished), strict=True):
             if result is None:
-                self._chunk_lost(chunk, future)
+                self._chunk_lost(chunk, future, since)
             else:
                 self._handle_chunk(chunk, result)
-        for future, chunk in entries:
+        for future, chunk, since in entries:
             if future.status != "finished":
-                self._chunk_lost(chunk, future)
+                self._chunk_lost(chunk, future, since)
 
-    def _gather(self, finished: list[tuple[Future, list]]) -> list[dict | None]:
+    def _gather(self, finished: list[tuple]) -> list[dict | None]:
         """Results of finished futures in one round trip; None for one whose data was lost."""
         if not finished:
             return []
         try:
-            return self.client.gather([f for f, _ in finished])
+            return self.client.gather([e[0] for e in finished])
         except Exception:  # noqa: BLE001 - a result lost with its worker: sort them one by one
-            return [self._one_result(f) for f, _ in finished]
+            return [self._one_result(e[0]) for e in finished]
 
     def _one_result(self, future: Future) -> dict | None:
         try:
@@ -282,12 +286,12 @@ class JobDriver:
         for index, ok, seconds, err in result["outcomes"]:
             self._record_time(seconds)
             if ok:
-                self._succeeded(index)
+                self.book.succeeded(index)
                 self._last_worker = result["worker"]
             else:
-                self._failed_attempt(by_index[index], err)
+                self.book.failed(by_index[index], err)
         for index in result.get("not_run", ()):
-            self._retry.append(by_index[index])
+            self.book.retry.append(by_index[index])
 
     def _record_time(self, seconds: float) -> None:
         self.state.batch_seconds += seconds
@@ -295,70 +299,30 @@ class JobDriver:
         a = self._avg_batch
         self._avg_batch = seconds if a is None else 0.8 * a + 0.2 * seconds
 
-    def _succeeded(self, index: int) -> None:
-        self.state.succeeded += 1
-        self._ckpt.succeeded.append(index)
-        self._attempts.pop(index, None)
-        self._losses.pop(index, None)
-
-    def _failed_attempt(self, ref: BatchRef, err: tuple) -> None:
-        self.state.failed += 1
-        attempts = self._attempts.get(ref.index, 0) + 1
-        self._attempts[ref.index] = attempts
-        kind, message, _ = err
-        batch_id = batch_id_for(self.job_id, ref.index)
-        if attempts < self.max_attempts:
-            self.log.warning(
-                f"batch {batch_id} attempt {attempts} failed: {kind}: {message}; retrying"
-            )
-            self._retry.append(ref)
-        else:
-            self._dead_letter(ref, err, attempts, lost=self._losses.get(ref.index, 0))
-
-    def _chunk_lost(self, chunk: list[BatchRef], future: Future) -> None:
+    def _chunk_lost(self, chunk: list[BatchRef], future: Future, since: float) -> None:
         """A chunk whose task failed as a whole: its worker died, or it was cancelled."""
         self.state.in_flight -= len(chunk)
-        exc = _future_exception(future)
-        err = (type(exc).__name__, f"worker lost: {exc}", "")
-        self.log.warning(f"chunk of {len(chunk)} batch(es) lost with its worker: {err[0]}: {exc}")
+        self._refresh_workers()
+        err = _lost_info(future)
+        timed_out = self._events(TIMEOUT_EVENT, since, "job_id", self.job_id)
+        timed_out = {e["index"] for e in timed_out}
+        if self._events(_MEMORY_EVENT, since):
+            self.log.warning(f"a worker ran out of memory; {len(chunk)} batch(es) rerun")
+            self.book.out_of_memory(chunk, ("WorkerOutOfMemory", err[1], ""))
+            return
+        self.log.warning(f"{len(chunk)} batch(es) lost with their worker: {err[0]}: {err[1]}")
         for ref in chunk:
-            self.state.lost += 1
-            losses = self._losses.get(ref.index, 0) + 1
-            self._losses[ref.index] = losses
-            if losses > self._max_losses:
-                self._dead_letter(ref, err, self._attempts.get(ref.index, 0), lost=losses)
+            if ref.index in timed_out:
+                self.book.failed(ref, _timeout_info(self.plugin.context.batch_timeout))
             else:
-                self._retry.append(ref)
+                self.book.lost(ref, err)
 
-    def _dead_letter(self, ref: BatchRef, err: tuple, attempts: int, lost: int) -> None:
-        kind, message, tb = err
-        batch_id = batch_id_for(self.job_id, ref.index)
-        self.state.dead_lettered += 1
-        self._ckpt.dead_lettered.append(ref.index)
-        self._ckpt.dead_records.append(
-            {
-                "batch_id": batch_id,
-                "index": ref.index,
-                "payload": ref.describe(),
-                "error": f"{kind}: {message}",
-                "error_type": kind,
-                "message": message,
-                "traceback": tb,
-                "attempts": attempts,
-                "worker_losses": lost,
-                "time": utcnow_iso(),
-                "ref": ref_to_dict(ref),
-            }
-        )
-        self._attempts.pop(ref.index, None)
-        self._losses.pop(ref.index, None)
-        self.log.error(f"batch {batch_id} failed after {attempts} attempt(s): {kind}: {message}")
-
-    def _result_or_lost(self, future: Future) -> dict:
-        if future.status == "finished":
-            return future.result()
-        exc = _future_exception(future)
-        return {"error": (type(exc).__name__, f"worker lost: {exc}", ""), "logs": []}
+    def _events(self, topic: str, since: float, key: str | None = None, value: Any = None):
+        try:
+            events = self.client.get_events(topic)
+        except Exception:  # noqa: BLE001 - the scheduler may be unreachable right now
+            return []
+        return [m for t, m in events if t >= since - 1 and (key is None or m.get(key) == value)]
 
     # -- housekeeping -------------------------------------------------------------------------
     def tick(self) -> None:
@@ -366,13 +330,9 @@ class JobDriver:
         now = time.time()
         if self.deadline is not None and now >= self.deadline:
             self.log.error(f"job timed out after {self.timeout} s")
+            message = f"job exceeded its timeout of {self.timeout} s"
             raise JobEnded(
-                JobStatus.TIMED_OUT,
-                {
-                    "type": "Timeout",
-                    "reason": "timeout",
-                    "message": f"job exceeded its timeout of {self.timeout} s",
-                },
+                JobStatus.TIMED_OUT, {"type": "Timeout", "reason": "timeout", "message": message}
             )
         if now >= self._next_checkpoint:
             if self.store.stop_requested(self.api_name, self.job_id):
@@ -381,23 +341,39 @@ class JobDriver:
             self._refresh_workers()
             self._checkpoint()
 
-    def _checkpoint(self, force: bool = False) -> None:
+    def _checkpoint(self) -> None:
         self.state.heartbeat = time.time()
         self.state.workers_running = len(self.workers)
         self._ckpt.flush(self.state)
         self._next_checkpoint = time.time() + self._interval
 
     def _refresh_workers(self) -> None:
-        """The workers this job may use: at most ``workers`` of the cluster's."""
-        info = self.client.scheduler_info(n_workers=-1)
-        alive = sorted(info.get("workers", {}))
-        keep = [w for w in self.workers if w in alive]
+        """The workers this job may use: at most ``workers`` of the cluster's.
+
+        Tasks carry worker restrictions only when the cluster has more workers than the job
+        may use: a task restricted to workers that all died would wait forever.
+        """
+        alive = sorted(self.client.scheduler_info(n_workers=-1).get("workers", {}))
         wanted = int(self.record["submission"].get("workers", 1))
+        keep = [w for w in self.workers if w in alive]
         keep += [w for w in alive if w not in keep][: max(0, wanted - len(keep))]
-        self.workers = keep
+        gone = set(self.workers) - set(keep)
+        self.workers, self._restrict = keep, len(alive) > wanted
+        if gone and self._restrict:
+            self._resubmit_orphans(set(keep))
+
+    def _resubmit_orphans(self, alive: set[str]) -> None:
+        """Queue again the chunks still waiting for workers that are gone."""
+        for key, (future, chunk, _) in list(self._inflight.items()):
+            if future.done() or self._restrictions.get(key, alive) & alive:
+                continue
+            del self._inflight[key]
+            self.state.in_flight -= len(chunk)
+            future.cancel()
+            self.book.retry.extend(chunk)
 
     def _cancel_all(self) -> None:
-        futures = [f for f, _ in self._inflight.values()]
+        futures = [e[0] for e in self._inflight.values()]
         self._inflight.clear()
         if not futures:
             return
@@ -414,11 +390,16 @@ def _deadline(record: dict, timeout: float | None) -> float | None:
     return (parse_iso(record.get("created_time")) or time.time()) + float(timeout)
 
 
-def _future_exception(future: Future) -> BaseException:
+def _lost_info(future: Future) -> tuple[str, str, str]:
     try:
-        return future.exception(timeout=5) or RuntimeError(future.status)
-    except BaseException as exc:  # noqa: BLE001 - cancelled futures raise here
-        return exc
+        exc = future.exception(timeout=5) or RuntimeError(future.status)
+    except BaseException as caught:  # noqa: BLE001 - cancelled futures raise here
+        exc = caught
+    return "WorkerLost", f"worker lost: {type(exc).__name__}: {exc}", ""
+
+
+def _timeout_info(seconds: float | None) -> tuple[str, str, str]:
+    return "BatchTimeout", f"batch ran longer than its batch_timeout of {seconds} s", ""
 
 
 def _error(reason: str, exc: BaseException) -> dict:

@@ -28,11 +28,16 @@ __all__ = ["filter_urls", "glob_to_regex", "list_files"]
 
 logger = logging.getLogger(__name__)
 
-# Listing happens at submit time, where an unreachable endpoint must fail in seconds instead of
-# botocore's minutes of retries. Caller's storage options win over these.
+# Listing happens at submit time, where an unreachable or silent endpoint must fail in seconds,
+# not after botocore's and s3fs's minutes of retries. Caller's storage options win over these.
+# botocore's max_attempts counts retries: 1 means two attempts in all.
 _S3_LISTING_DEFAULTS = {
-    "config_kwargs": {"connect_timeout": 5, "read_timeout": 10, "retries": {"max_attempts": 2}},
+    "config_kwargs": {"connect_timeout": 5, "read_timeout": 10, "retries": {"max_attempts": 1}},
+    # a private instance, so that its s3fs retry count can be lowered (see _S3_LISTING_RETRIES)
+    "skip_instance_cache": True,
 }
+# s3fs retries read timeouts itself, on top of botocore; its count is not a constructor option.
+_S3_LISTING_RETRIES = 1
 _S3_PROTOCOLS = ("s3", "s3a")
 
 
@@ -186,6 +191,8 @@ def _list_prefix(prefix: str, storage_options: dict | None) -> Iterator[tuple[tu
         fs, path = url_to_fs(prefix, **listing_options(prefix, storage_options))
     except Exception as exc:
         raise SourceError(f"cannot open s3_paths entry {prefix!r}: {exc}") from exc
+    if _is_s3(fs):
+        fs.retries = _S3_LISTING_RETRIES
     match = path + "/" if prefix.endswith("/") and not path.endswith("/") else path
     try:
         infos = _find(fs, match)

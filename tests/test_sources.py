@@ -275,6 +275,23 @@ def test_no_match_is_a_source_error(image_tree):
         list_files([f"{root}/does/not/exist/"])
 
 
+class DeniedFileSystem(MemoryFileSystem):
+    """Every listing is refused, as S3 does without s3:ListBucket (a test filesystem)."""
+
+    protocol = ("deniedfs",)
+
+    def find(self, path, *args, **kwargs):
+        raise PermissionError(f"Access Denied: {path}")
+
+
+fsspec.register_implementation("deniedfs", DeniedFileSystem, clobber=True)
+
+
+def test_access_denied_is_a_source_error():
+    with pytest.raises(SourceError, match="access denied listing 'deniedfs://b/data'"):
+        list_files(["deniedfs://b/data"])
+
+
 def test_unknown_protocol_is_a_source_error():
     with pytest.raises(SourceError, match="nosuchproto://"):
         list_files(["nosuchproto://b/x"])
@@ -704,4 +721,7 @@ def test_batch_ref_segments_describe_and_size():
         {"url": "s3://b/2", "first_value": 6, "count": 4},
     ]
     assert json.loads(json.dumps(ref.describe())) == ref.describe()
+    # references and indexes travel between the driver and workers
     assert pickle.loads(pickle.dumps(ref)) == ref
+    index = FileIndex("s3://b/1", 3, (0, 20), 2, 30, (1, 3))
+    assert pickle.loads(pickle.dumps(index)) == index

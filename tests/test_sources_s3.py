@@ -188,6 +188,7 @@ def _large_body(file_number: int) -> bytes:
     return "".join(f'{{"i": {n}}}\n' for n in range(first, first + VALUES_PER_FILE)).encode()
 
 
+@pytest.mark.slow  # 30-60 s: moto answers ~3000 requests at 10-25 ms each
 def test_large_input_every_value_exactly_once(s3_bucket):  # noqa: F811
     started = time.monotonic()
     put_objects(

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import ast
 import json
 from pathlib import Path
 
 import pytest
 
-import dask_batchapi
-from dask_batchapi import spec as spec_module
-from dask_batchapi import submission as submission_module
 from dask_batchapi.errors import HandlerError, SpecError
 from dask_batchapi.spec import (
     SPEC_FILE_NAMES,
@@ -377,14 +373,12 @@ def test_duplicate_nested_keys(text, message):
 
 
 def test_merge_keys_may_be_overridden():
-    text = "- &base\n  name: one\n  handler: {path: a.py}\n- <<: *base\n  name: two\n"
-    assert [s.name for s in parse_api_specs(text)] == ["one", "two"]
     text = (
-        "- &defaults {name: one, handler: {path: a.py, config: {k: 0, j: 1}}}\n"
-        "- name: two\n  handler:\n    <<: *defaults\n    path: b.py\n"
+        "- name: one\n  handler: &h {path: a.py, log_level: debug}\n"
+        "- name: two\n  handler:\n    <<: *h\n    path: b.py\n"
     )
-    with pytest.raises(SpecError, match="unknown key 'handler.name'"):
-        parse_api_specs(text)  # the merge is read (and then validated), not called a duplicate
+    one, two = parse_api_specs(text)
+    assert (one.handler.path, two.handler.path, two.handler.log_level) == ("a.py", "b.py", "debug")
 
 
 def test_nested_merge_keys_are_not_duplicates():
@@ -401,51 +395,3 @@ def test_duplicate_key_names_the_spec_file(tmp_path):
     write(tmp_path, {"cortex.yaml": MINIMAL + "name: again\n", "handler.py": ""})
     msg = error_of(SpecError, load_api_specs, tmp_path)
     assert msg == "cortex.yaml: duplicate key 'name' at line 5"
-
-
-# --------------------------------------------------------------------------- re-exports
-
-
-MOVED = [
-    "DelimitedFiles",
-    "FilePathLister",
-    "ItemList",
-    "Submission",
-    "deep_merge",
-    "load_submission",
-    "parse_submission",
-    "submission_from_dict",
-]
-
-
-@pytest.mark.parametrize("name", MOVED)
-def test_spec_re_exports_the_submission_names(name):
-    assert getattr(spec_module, name) is getattr(submission_module, name)
-    assert name in spec_module.__all__
-
-
-def test_spec_all_is_complete_and_sorted():
-    public = {n for n in vars(spec_module) if not n.startswith("_") and n != "annotations"}
-    modules = {n for n in public if type(getattr(spec_module, n)).__name__ == "module"}
-    imported = {"Any", "Path", "dataclass", "field", "logger"} | modules
-    helpers = {
-        n
-        for n in public
-        if getattr(getattr(spec_module, n), "__module__", "").endswith("._validate")
-    }
-    assert set(spec_module.__all__) == public - imported - (
-        helpers - {"parse_cpu", "parse_quantity"}
-    )
-    assert spec_module.__all__ == sorted(spec_module.__all__, key=lambda n: (not n.isupper(), n))
-
-
-def test_every_name_imported_from_spec_resolves():
-    """Other modules do ``from .spec import ...``; each of those names must still be there."""
-    package = Path(dask_batchapi.__file__).parent
-    names = set()
-    for path in package.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module == "spec":
-                names.update(alias.name for alias in node.names)
-    assert {"Submission", "parse_submission", "submission_from_dict", "deep_merge"} <= names
-    assert [n for n in sorted(names) if not hasattr(spec_module, n)] == []

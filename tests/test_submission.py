@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 from pathlib import Path
 
 import pytest
 
+import dask_batchapi
+from dask_batchapi import spec as spec_module
+from dask_batchapi import submission as submission_module
 from dask_batchapi.errors import SubmissionError
 from dask_batchapi.submission import (
     DelimitedFiles,
@@ -249,3 +253,47 @@ def test_deep_merge_nested_and_pure():
 def test_deep_merge_override_wins_over_dicts():
     assert deep_merge({"a": {"x": 1}}, {"a": None}) == {"a": None}
     assert deep_merge({}, {}) == {}
+
+
+# --------------------------------------------------------------------------- spec re-exports
+
+
+MOVED = [
+    "DelimitedFiles",
+    "FilePathLister",
+    "ItemList",
+    "Submission",
+    "deep_merge",
+    "load_submission",
+    "parse_submission",
+    "submission_from_dict",
+]
+
+
+@pytest.mark.parametrize("name", MOVED)
+def test_spec_re_exports_the_submission_names(name):
+    assert getattr(spec_module, name) is getattr(submission_module, name)
+    assert name in spec_module.__all__
+
+
+def test_spec_all_resolves_and_is_sorted():
+    assert [n for n in spec_module.__all__ if not hasattr(spec_module, n)] == []
+    assert spec_module.__all__ == sorted(spec_module.__all__, key=lambda n: (not n.isupper(), n))
+
+
+def _names_imported_from_spec(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if (node.level, node.module) in ((1, "spec"), (0, "dask_batchapi.spec")):
+            names.update(alias.name for alias in node.names)
+    return names
+
+
+def test_every_name_imported_from_spec_resolves():
+    """Other modules do ``from .spec import ...``; each of those names must still be there."""
+    package = Path(dask_batchapi.__file__).parent
+    names = set().union(*(_names_imported_from_spec(p) for p in package.glob("*.py")))
+    assert names, "expected the package to import from .spec"
+    assert [n for n in sorted(names) if not hasattr(spec_module, n)] == []

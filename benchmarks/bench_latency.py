@@ -1,0 +1,185 @@
+"""(d) Latency: submit -> first batch running, and last batch done -> final status recorded.
+
+The handler writes ``time.time()`` at the start of its first ``handle_batch`` and at the end of
+each batch to per-worker files; "final status recorded" is the modification time of the job's
+``state.json`` in the (local) store once it holds a final status. All clocks are this machine's
+wall clock. A job is 4 batches of 1 item on 2 workers.
+
+* in-process driver on an existing client: ``api.submit`` with ``cluster=client``.
+* CLI path: ``dask-batchapi submit API FILE`` (detached runner that starts its own LocalCluster
+  of 2 workers). Also reported: when the CLI returned, and when the driver started (the job's
+  ``start_time``, i.e. its cluster was up).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _common import (
+    PROBE_HANDLER,
+    WORKERS,
+    Row,
+    Stat,
+    bench_env,
+    run_job_in_process,
+    settle,
+    verdict,
+    vm_hwm_mb,
+    workdir,
+    write_project,
+)
+
+N_BATCHES = 4
+TERMINAL = {
+    "succeeded", "completed_with_failures", "enqueue_failed", "worker_error", "worker_oom",
+    "timed_out", "stopped", "unexpected_error",
+}
+
+
+def _submission(probe_dir: Path) -> dict:
+    return {
+        "workers": WORKERS,
+        "item_list": {"items": list(range(N_BATCHES)), "batch_size": 1},
+        "config": {"probe_dir": str(probe_dir)},
+    }
+
+
+def _probes(probe_dir: Path) -> tuple[float, float]:
+    """(earliest first-batch start, latest batch end) over the workers."""
+    first = [float(p.read_text()) for p in probe_dir.glob("first-*") if not p.name.endswith("tmp")]
+    last = [float(p.read_text()) for p in probe_dir.glob("last-*") if not p.name.endswith("tmp")]
+    if not first or not last:
+        raise RuntimeError(f"the probe handler wrote nothing in {probe_dir}")
+    return min(first), max(last)
+
+
+def _parse_iso(value: str | None) -> float | None:
+    from dask_batchapi.status import parse_iso
+
+    return parse_iso(value)
+
+
+def measure_inproc(api, store: Path, tmp: Path, i: int) -> dict:
+    probe_dir = tmp / f"probe-inproc-{i}"
+    probe_dir.mkdir()
+    t_submit = time.time()
+    _, job = run_job_in_process(api, _submission(probe_dir))
+    state_path = store / "jobs" / api.name / job.job_id / "state.json"
+    state = json.loads(state_path.read_text())
+    if state["status"] != "succeeded":
+        raise RuntimeError(f"latency job {job.job_id} ended {state['status']}")
+    first, last = _probes(probe_dir)
+    return {
+        "submit_to_first": first - t_submit,
+        "last_to_final": state_path.stat().st_mtime - last,
+        "submit_to_driver_start": (_parse_iso(state.get("start_time")) or t_submit) - t_submit,
+    }
+
+
+def measure_cli(project: Path, tmp: Path, i: int) -> dict:
+    store = tmp / f"store-cli-{i}"
+    env = bench_env(store)
+    cli = str(Path(sys.executable).parent / "dask-batchapi")
+    subprocess.run([cli, "deploy", str(project)], env=env, check=True, capture_output=True)
+    probe_dir = tmp / f"probe-cli-{i}"
+    probe_dir.mkdir()
+    sub = tmp / f"submission-{i}.json"
+    sub.write_text(json.dumps(_submission(probe_dir)))
+    t_submit = time.time()
+    out = subprocess.run(
+        [cli, "submit", "bench-probe", str(sub)], env=env, check=True, capture_output=True,
+        text=True,
+    )
+    t_returned = time.time()
+    job_id = out.stdout.split()[0]
+    state_path = store / "jobs" / "bench-probe" / job_id / "state.json"
+    state = _wait_terminal(state_path)
+    mtime = state_path.stat().st_mtime
+    if state["status"] != "succeeded":
+        raise RuntimeError(f"CLI latency job {job_id} ended {state['status']}")
+    _wait_exit((state.get("driver") or {}).get("pid"))  # let its cluster close before the next
+    first, last = _probes(probe_dir)
+    return {
+        "submit_to_first": first - t_submit,
+        "last_to_final": mtime - last,
+        "cli_returned": t_returned - t_submit,
+        "submit_to_driver_start": (_parse_iso(state.get("start_time")) or t_submit) - t_submit,
+    }
+
+
+def _wait_terminal(state_path: Path, timeout: float = 120) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            state = json.loads(state_path.read_text())
+        except (OSError, ValueError):
+            state = {}
+        if state.get("status") in TERMINAL:
+            return state
+        time.sleep(0.02)
+    raise TimeoutError(f"job of {state_path} did not finish in {timeout} s")
+
+
+def _wait_exit(pid: int | None, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while pid and time.time() < deadline and vm_hwm_mb(pid) is not None:
+        time.sleep(0.05)
+
+
+def run(client, api_factory, opts) -> list[Row]:
+    """``opts``: repeats, cli_repeats, store, log."""
+    api = api_factory("bench-probe", PROBE_HANDLER)
+    results: dict[str, list[dict]] = {"inproc": [], "cli": []}
+    with workdir() as tmp:
+        measure_inproc(api, opts["store"], tmp, -1)  # warm
+        settle(client)
+        for i in range(opts["repeats"]):
+            results["inproc"].append(measure_inproc(api, opts["store"], tmp, i))
+            settle(client)
+            r = results["inproc"][-1]
+            opts["log"](
+                f"  (d) in-process run {i + 1}: submit->first {r['submit_to_first']:.3f} s, "
+                f"last->final {r['last_to_final']:.3f} s"
+            )
+        project = write_project(tmp / "cli-proj", "bench-probe", PROBE_HANDLER)
+        for i in range(opts["cli_repeats"]):
+            results["cli"].append(measure_cli(project, tmp, i))
+            r = results["cli"][-1]
+            opts["log"](
+                f"  (d) CLI run {i + 1}: submit->first {r['submit_to_first']:.3f} s, "
+                f"last->final {r['last_to_final']:.3f} s (CLI returned {r['cli_returned']:.2f} s)"
+            )
+    return _rows(results)
+
+
+def _rows(results: dict[str, list[dict]]) -> list[Row]:
+    rows: list[Row] = []
+    labels = {"inproc": "in-process driver (cluster=client)", "cli": "CLI submit (detached)"}
+    for key, runs in results.items():
+        if not runs:
+            continue
+        for metric, case in (
+            ("submit_to_first", "submit -> first batch running"),
+            ("last_to_final", "last batch done -> final status"),
+        ):
+            stat = Stat([r[metric] for r in runs])
+            rows.append(
+                Row("d", case, labels[key], "s", stat, target="<=1 s",
+                    verdict=verdict(stat.median <= 1.0))
+            )
+        extra = [("submit_to_driver_start", "submit -> driver started (start_time)")]
+        if key == "cli":
+            extra.insert(0, ("cli_returned", "submit -> CLI returned"))
+        for metric, case in extra:
+            rows.append(Row("d", case, labels[key], "s", Stat([r[metric] for r in runs]),
+                            verdict="info"))
+    return rows
+
+
+if __name__ == "__main__":  # pragma: no cover - run through run.py
+    sys.exit(f"run benchmarks through {os.path.dirname(__file__)}/run.py")

@@ -1,0 +1,190 @@
+"""(c) Driver memory: peak RSS of the process hosting the driver, item_list of N items.
+
+Each measurement is a fresh process, at N = small and N = large (batch_size 100, 2 workers):
+
+* in-process driver: a child process starts a LocalCluster (2 workers), deploys a no-op API,
+  runs a tiny warm-up job (so imports are not counted), builds ``list(range(N))``, submits with
+  ``cluster=client`` and waits. Peak RSS = ``ru_maxrss`` of that process, which hosts the
+  submitter, the driver thread and the cluster's scheduler (workers are other processes).
+  ``ru_maxrss`` is also read after each phase, to say where growth happens.
+* detached driver (the CLI path): ``dask-batchapi submit`` with a submission file, then the
+  peak RSS (``VmHWM`` from /proc, polled) of the ``dask_batchapi.runner`` process that hosts
+  the driver and its own LocalCluster's scheduler.
+
+The items of an item_list live in the submission itself, so some growth is inherent: the child
+also reports what the bare ``list(range(N))`` costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _common import (
+    HERE,
+    NOOP_HANDLER,
+    WORKERS,
+    Row,
+    Stat,
+    bench_env,
+    peak_rss_mb,
+    verdict,
+    vm_hwm_mb,
+    workdir,
+    write_project,
+)
+
+BATCH_SIZE = 100
+
+
+# -- child: in-process driver ------------------------------------------------------------------
+def child_inproc(n_items: int, tmp: Path) -> dict:
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    import dask_batchapi as batchapi
+    from _common import run_job_in_process
+
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    phases = {"start": peak_rss_mb()}
+    with LocalCluster(
+        n_workers=WORKERS, threads_per_worker=1, processes=True, dashboard_address=":0"
+    ) as cluster, Client(cluster, set_as_default=False) as client:
+        api = batchapi.client(store=str(tmp / "store"), cluster=client).deploy(
+            write_project(tmp / "proj", "bench-mem", NOOP_HANDLER)
+        )
+        run_job_in_process(api, _submission(list(range(1000))))  # warm-up
+        phases["cluster + warm-up job"] = peak_rss_mb()
+        items = list(range(n_items))
+        phases["items built"] = peak_rss_mb()
+        start = time.perf_counter()
+        job = api.submit(_submission(items))
+        phases["submit returned"] = peak_rss_mb()
+        job._driver.join()
+        elapsed = time.perf_counter() - start
+        phases["job done (peak)"] = peak_rss_mb()
+        status = job.status["job_status"]["status"]
+    return {"peak_mb": phases["job done (peak)"], "phases": phases, "status": status,
+            "seconds": elapsed}
+
+
+def _submission(items: list) -> dict:
+    return {"workers": WORKERS, "item_list": {"items": items, "batch_size": BATCH_SIZE}}
+
+
+def measure_inproc(n_items: int) -> dict:
+    with workdir() as tmp:
+        out = subprocess.run(
+            [sys.executable, str(HERE / "bench_memory.py"), "--child", str(n_items), str(tmp)],
+            capture_output=True,
+            text=True,
+            env=bench_env(),
+            timeout=300,
+            check=False,
+        )
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"memory child failed ({out.returncode}): {out.stderr[-2000:]}")
+    return json.loads(lines[-1])
+
+
+# -- the detached runner (CLI path) -------------------------------------------------------------
+def measure_runner(n_items: int) -> dict:
+    with workdir() as tmp:
+        store = tmp / "store"
+        env = bench_env(store)
+        project = write_project(tmp / "proj", "bench-mem", NOOP_HANDLER)
+        cli = [str(Path(sys.executable).parent / "dask-batchapi")]
+        subprocess.run([*cli, "deploy", str(project)], env=env, check=True, capture_output=True)
+        sub = tmp / "submission.json"
+        sub.write_text(json.dumps(_submission(list(range(n_items)))))
+        start = time.perf_counter()
+        out = subprocess.run(
+            [*cli, "submit", "bench-mem", str(sub)], env=env, check=True, capture_output=True,
+            text=True,
+        )
+        job_id = out.stdout.split()[0]
+        state_path = store / "jobs" / "bench-mem" / job_id / "state.json"
+        peak, pid, state = _follow_runner(state_path)
+        return {"peak_mb": peak, "pid": pid, "status": state.get("status"),
+                "seconds": time.perf_counter() - start}
+
+
+def _follow_runner(state_path: Path, timeout: float = 300) -> tuple[float, int, dict]:
+    """Poll the runner's VmHWM until it exits; (peak MB, pid, final state)."""
+    deadline = time.time() + timeout
+    pid, peak, state = None, 0.0, {}
+    while time.time() < deadline:
+        state = _read_state(state_path)
+        pid = pid or (state.get("driver") or {}).get("pid")
+        if pid:
+            hwm = vm_hwm_mb(pid)
+            if hwm is None:  # the runner exited
+                return peak, pid, state
+            peak = max(peak, hwm)
+        time.sleep(0.02)
+    raise TimeoutError(f"runner of {state_path.parent.name} did not exit in {timeout} s")
+
+
+def _read_state(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+# -- orchestration -----------------------------------------------------------------------------
+def run(client, api_factory, opts) -> list[Row]:
+    """``opts``: sizes (small, large), repeats, runner (bool), log."""
+    small, large = opts["sizes"]
+    rows: list[Row] = []
+    modes = [("in-process driver", measure_inproc)]
+    if opts.get("runner", True):
+        modes.append(("detached runner (CLI)", measure_runner))
+    for label, measure in modes:
+        peaks: dict[int, list[float]] = {small: [], large: []}
+        phases: dict[int, dict] = {}
+        for i in range(opts["repeats"]):
+            for n in (small, large):
+                result = measure(n)
+                if result["status"] != "succeeded":
+                    raise RuntimeError(f"memory job ({label}, {n}) ended {result['status']}")
+                peaks[n].append(result["peak_mb"])
+                phases[n] = result.get("phases", {})
+                opts["log"](
+                    f"  (c) {label} run {i + 1}: {n:,} items peak {result['peak_mb']:.0f} MB "
+                    f"({result['seconds']:.1f} s)"
+                )
+        rows += _rows(label, small, large, peaks)
+        opts.setdefault("phases", {})[label] = phases
+    return rows
+
+
+def _rows(label: str, small: int, large: int, peaks: dict[int, list[float]]) -> list[Row]:
+    diffs = [b - a for a, b in zip(peaks[small], peaks[large])]
+    diff = Stat(diffs)
+    return [
+        Row("c", f"{small:,} items, batch_size {BATCH_SIZE}", label, "peak RSS MB",
+            Stat(peaks[small]), spec=".0f"),
+        Row("c", f"{large:,} items, batch_size {BATCH_SIZE}", label, "peak RSS MB",
+            Stat(peaks[large]), spec=".0f"),
+        Row("c", f"growth {small:,} -> {large:,} items", label, "MB", diff, spec=".0f",
+            target="<=50 MB", verdict=verdict(diff.median <= 50)),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--child", type=int, required=True)
+    parser.add_argument("tmp")
+    args = parser.parse_args()
+    print(json.dumps(child_inproc(args.child, Path(args.tmp))), flush=True)
+
+
+if __name__ == "__main__":
+    main()

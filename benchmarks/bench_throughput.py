@@ -1,0 +1,140 @@
+"""(a) Throughput of no-op batches: dask-batchapi vs raw Dask vs a process pool.
+
+All three run on the same 2-core machine with the same parallelism (2 processes, 1 thread
+each): dask-batchapi and raw Dask on one LocalCluster (2 workers x 1 thread), the process pool
+while that cluster idles.
+
+* dask-batchapi: ``api.submit(item_list of n*10 items, batch_size 10, workers 2)`` with the
+  driver on a thread of this process (``cluster=client``); clock from ``submit`` to the final
+  status written in the store. Includes everything a job does: job record, plugin
+  registration on both workers, handler import, ledger checkpoints, plugin teardown.
+* raw Dask: ``client.map(noop, batches, pure=False)`` then ``client.gather`` (one task per batch).
+* process pool: ``ProcessPoolExecutor(2).map(noop, batches, chunksize=n // 16)``, pool warmed up
+  before the clock starts.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import cloudpickle
+
+from _common import (
+    NOOP_HANDLER,
+    WORKERS,
+    Row,
+    Stat,
+    job_final_status,
+    run_job_in_process,
+    settle,
+    verdict,
+    write_project,
+)
+
+BATCH_SIZE = 10
+
+# Dask workers cannot import this script's module: ship its functions by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def noop(batch):
+    return None
+
+
+def make_batches(n: int) -> list[list[int]]:
+    return [list(range(i * BATCH_SIZE, (i + 1) * BATCH_SIZE)) for i in range(n)]
+
+
+def time_batchapi(api, n: int) -> float:
+    items = list(range(n * BATCH_SIZE))
+    seconds, job = run_job_in_process(
+        api, {"workers": WORKERS, "item_list": {"items": items, "batch_size": BATCH_SIZE}}
+    )
+    status = job_final_status(job)
+    if status != "succeeded":
+        raise RuntimeError(f"dask-batchapi job {job.job_id} ended {status}")
+    return seconds
+
+
+def time_raw_dask(client, n: int) -> float:
+    batches = make_batches(n)
+    start = time.perf_counter()
+    futures = client.map(noop, batches, pure=False)
+    client.gather(futures)
+    seconds = time.perf_counter() - start
+    del futures
+    return seconds
+
+
+def time_pool(pool: ProcessPoolExecutor, n: int) -> float:
+    batches = make_batches(n)
+    chunksize = max(1, n // (WORKERS * 8))
+    start = time.perf_counter()
+    for _ in pool.map(noop, batches, chunksize=chunksize):
+        pass
+    return time.perf_counter() - start
+
+
+def run(client, api_factory, opts) -> list[Row]:
+    """``opts``: sizes [(n, raw_repeats)], repeats, log."""
+    api = api_factory("bench-noop", NOOP_HANDLER)
+    rows: list[Row] = []
+    # spawn, not fork: this process runs the Dask client's threads
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(WORKERS, mp_context=spawn) as pool:
+        list(pool.map(noop, range(WORKERS * 4)))  # start and warm the pool's processes
+        time_batchapi(api, 50)  # warm: first-job imports in the driver and on the workers
+        settle(client)
+        for n, raw_repeats in opts["sizes"]:
+            rates: dict[str, list[float]] = {"batchapi": [], "raw": [], "pool": []}
+            for i in range(opts["repeats"]):
+                # interleaved, so slow drift of a shared machine hits all three alike
+                rates["batchapi"].append(n / time_batchapi(api, n))
+                settle(client)
+                if i < raw_repeats:
+                    rates["raw"].append(n / time_raw_dask(client, n))
+                    settle(client)
+                rates["pool"].append(n / time_pool(pool, n))
+                opts["log"](
+                    f"  (a) n={n} run {i + 1}: batchapi {rates['batchapi'][-1]:.0f}/s"
+                    + (f", raw Dask {rates['raw'][-1]:.0f}/s" if i < raw_repeats else "")
+                    + f", pool {rates['pool'][-1]:.0f}/s"
+                )
+            rows += _rows(n, rates)
+    return rows
+
+
+def _rows(n: int, rates: dict[str, list[float]]) -> list[Row]:
+    case = f"{n:,} no-op batches x {BATCH_SIZE} items"
+    ours, raw, pool = Stat(rates["batchapi"]), Stat(rates["raw"]), Stat(rates["pool"])
+    vs_raw = ours.median / raw.median if raw.values else float("nan")
+    vs_pool = ours.median / pool.median
+    return [
+        Row(
+            "a",
+            case,
+            "dask-batchapi",
+            "batches/s",
+            ours,
+            spec=".0f",
+            ratio=f"{vs_raw:.1f}x raw Dask; {vs_pool:.2f}x pool",
+            target=">=1x raw (later >=10x, = pool)",
+            verdict=(
+                f"{verdict(vs_raw >= 1.0)} (1x); {verdict(vs_raw >= 10)} (10x); "
+                f"{verdict(vs_pool >= 0.95)} (pool)"
+            ),
+        ),
+        Row("a", case, "raw Dask client.map", "batches/s", raw, spec=".0f", ratio="1x"),
+        Row(
+            "a",
+            case,
+            f"ProcessPoolExecutor({WORKERS})",
+            "batches/s",
+            pool,
+            spec=".0f",
+            ratio=f"{pool.median / raw.median:.1f}x raw Dask" if raw.values else "",
+        ),
+    ]
