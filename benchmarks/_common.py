@@ -135,6 +135,47 @@ def loadavg() -> str:
     return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
+# -- background load ---------------------------------------------------------------------------
+class CpuMeter:
+    """Share of the machine's CPU that processes outside this process tree used meanwhile.
+
+    The benchmark cluster's workers and the process pool are children of this process, so
+    whatever else is busy (another test suite on a shared machine) shows up here. A high share
+    means the run is slower than the code: read its numbers with that in mind.
+    """
+
+    def __enter__(self) -> CpuMeter:
+        self._start = (time.perf_counter(), _machine_busy(), _tree_cpu())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall0, busy0, ours0 = self._start
+        wall = time.perf_counter() - wall0
+        busy, ours = _machine_busy() - busy0, _tree_cpu() - ours0
+        self.foreign = max(0.0, busy - ours) / (wall * (os.cpu_count() or 1))
+
+
+def _machine_busy() -> float:
+    import psutil
+
+    t = psutil.cpu_times()
+    return t.user + t.system + getattr(t, "nice", 0) + getattr(t, "irq", 0) + getattr(
+        t, "softirq", 0
+    ) + getattr(t, "steal", 0)
+
+
+def _tree_cpu() -> float:
+    import psutil
+
+    me = psutil.Process()
+    total = 0.0
+    for proc in [me, *me.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            t = proc.cpu_times()
+            total += t.user + t.system
+    return total
+
+
 # -- processes and memory ----------------------------------------------------------------------
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far (ru_maxrss is KiB on Linux)."""
@@ -280,6 +321,17 @@ def run_job_in_process(api, submission: dict) -> tuple[float, object]:
     else:  # the package changed how it hosts the driver: fall back to the public API
         job.wait(poll=0.01)
     return time.perf_counter() - start, job
+
+
+def task_busy_share(task_stream: list[dict], prefix: str, workers: int, wall: float) -> float:
+    """Share of the workers' time spent inside tasks whose key starts with ``prefix``."""
+    busy = 0.0
+    for record in task_stream:
+        if str(record.get("key", "")).startswith(prefix):
+            for part in record.get("startstops", ()):
+                if part.get("action") == "compute":
+                    busy += part["stop"] - part["start"]
+    return busy / (workers * wall)
 
 
 def job_final_status(job) -> str:

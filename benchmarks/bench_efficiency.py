@@ -8,23 +8,34 @@ for real CPU work.
 * dask-batchapi: one job, ``batch_size`` 1, ``workers`` 2, driver in this process; clock from
   ``submit`` to the final status in the store (so it includes job start and finish).
 * raw Dask: ``client.map(busy, range(n))`` + ``gather`` on the same cluster.
+* ProcessPoolExecutor(2): the same ``busy`` calls, ``chunksize`` 1 — what this machine gives
+  right now, the ceiling for both (other processes on a shared machine take CPU from all).
+
+Also reported: the share of the workers' time spent inside tasks (from Dask's task stream; for
+dask-batchapi the chunk tasks, so it includes the package's per-batch work on the worker but
+not the gaps between tasks), and the share of the machine's CPU other processes used meanwhile.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import cloudpickle
+from distributed import get_task_stream
 
 from _common import (
     BUSY_HANDLER,
     WORKERS,
+    CpuMeter,
     Row,
     Stat,
     job_final_status,
     run_job_in_process,
     settle,
+    task_busy_share,
     verdict,
 )
 
@@ -37,26 +48,36 @@ def busy(_item, seconds: float):
         pass
 
 
-def time_batchapi(api, n: int, seconds: float) -> float:
+def time_batchapi(client, api, n: int, seconds: float) -> tuple[float, float]:
+    """(wall seconds, workers' share of time inside chunk tasks)."""
     submission = {
         "workers": WORKERS,
         "item_list": {"items": list(range(n)), "batch_size": 1},
         "config": {"seconds": seconds},
     }
-    elapsed, job = run_job_in_process(api, submission)
+    with get_task_stream(client) as stream:
+        elapsed, job = run_job_in_process(api, submission)
     status = job_final_status(job)
     if status != "succeeded":
         raise RuntimeError(f"dask-batchapi job {job.job_id} ended {status}")
-    return elapsed
+    return elapsed, task_busy_share(stream.data, "run_chunk", WORKERS, elapsed)
 
 
-def time_raw_dask(client, n: int, seconds: float) -> float:
-    start = time.perf_counter()
-    futures = client.map(busy, range(n), seconds=seconds, pure=False)
-    client.gather(futures)
-    elapsed = time.perf_counter() - start
+def time_raw_dask(client, n: int, seconds: float) -> tuple[float, float]:
+    with get_task_stream(client) as stream:
+        start = time.perf_counter()
+        futures = client.map(busy, range(n), seconds=seconds, pure=False)
+        client.gather(futures)
+        elapsed = time.perf_counter() - start
     del futures
-    return elapsed
+    return elapsed, task_busy_share(stream.data, "busy", WORKERS, elapsed)
+
+
+def time_pool(pool: ProcessPoolExecutor, n: int, seconds: float) -> float:
+    start = time.perf_counter()
+    for _ in pool.map(busy, range(n), [seconds] * n, chunksize=1):
+        pass
+    return time.perf_counter() - start
 
 
 def run(client, api_factory, opts) -> list[Row]:
@@ -64,19 +85,37 @@ def run(client, api_factory, opts) -> list[Row]:
     n, seconds = opts["n"], opts["seconds"]
     ideal = n * seconds / WORKERS
     api = api_factory("bench-busy", BUSY_HANDLER)
-    time_batchapi(api, 4, 0.001)  # warm
+    time_batchapi(client, api, 4, 0.001)  # warm
     settle(client)
-    eff: dict[str, list[float]] = {"batchapi": [], "raw": []}
-    for i in range(opts["repeats"]):
-        eff["batchapi"].append(ideal / time_batchapi(api, n, seconds))
-        settle(client)
-        eff["raw"].append(ideal / time_raw_dask(client, n, seconds))
-        settle(client)
-        opts["log"](
-            f"  (b) run {i + 1}: batchapi {eff['batchapi'][-1]:.3f}, raw Dask {eff['raw'][-1]:.3f}"
-        )
+    eff: dict[str, list[float]] = {k: [] for k in ("batchapi", "raw", "pool")}
+    share: dict[str, list[float]] = {"batchapi": [], "raw": []}
+    foreign: list[float] = []
+    spawn = multiprocessing.get_context("spawn")  # not fork: this process has Dask's threads
+    with ProcessPoolExecutor(WORKERS, mp_context=spawn) as pool:
+        list(pool.map(busy, range(WORKERS * 2), [0.001] * WORKERS * 2))  # start the processes
+        for i in range(opts["repeats"]):
+            with CpuMeter() as meter:
+                wall, busy_share = time_batchapi(client, api, n, seconds)
+                eff["batchapi"].append(ideal / wall)
+                share["batchapi"].append(busy_share)
+                settle(client)
+                wall, busy_share = time_raw_dask(client, n, seconds)
+                eff["raw"].append(ideal / wall)
+                share["raw"].append(busy_share)
+                settle(client)
+                eff["pool"].append(ideal / time_pool(pool, n, seconds))
+            foreign.append(meter.foreign)
+            opts["log"](
+                f"  (b) run {i + 1}: efficiency batchapi {eff['batchapi'][-1]:.3f}, "
+                f"raw Dask {eff['raw'][-1]:.3f}, pool {eff['pool'][-1]:.3f}; "
+                f"other processes used {meter.foreign:.0%} of the machine"
+            )
+    return _rows(n, seconds, ideal, eff, share, foreign)
+
+
+def _rows(n, seconds, ideal, eff, share, foreign) -> list[Row]:
     case = f"{n} batches x {seconds * 1000:.0f} ms CPU, ideal {ideal:.2f} s"
-    ours, raw = Stat(eff["batchapi"]), Stat(eff["raw"])
+    ours, raw, pool = Stat(eff["batchapi"]), Stat(eff["raw"]), Stat(eff["pool"])
     return [
         Row(
             "b",
@@ -84,9 +123,17 @@ def run(client, api_factory, opts) -> list[Row]:
             "dask-batchapi",
             "efficiency",
             ours,
-            ratio=f"{ours.median / raw.median:.3f}x raw Dask",
+            ratio=f"{ours.median / raw.median:.2f}x raw; {ours.median / pool.median:.2f}x pool",
             target=">=0.9 (later 0.95)",
             verdict=f"{verdict(ours.median >= 0.9)} (0.9); {verdict(ours.median >= 0.95)} (0.95)",
         ),
         Row("b", case, "raw Dask client.map", "efficiency", raw, ratio="1x"),
+        Row("b", case, f"ProcessPoolExecutor({WORKERS})", "efficiency", pool,
+            ratio=f"{pool.median / raw.median:.2f}x raw", verdict="machine ceiling now"),
+        Row("b", "workers' time inside tasks", "dask-batchapi", "share",
+            Stat(share["batchapi"]), verdict="info"),
+        Row("b", "workers' time inside tasks", "raw Dask client.map", "share",
+            Stat(share["raw"]), verdict="info"),
+        Row("b", "CPU used by other processes", "(background)", "share of machine",
+            Stat(foreign), spec=".0%", verdict="info"),
     ]

@@ -7,6 +7,8 @@ Each measurement is a fresh process, at N = small and N = large (batch_size 100,
   ``cluster=client`` and waits. Peak RSS = ``ru_maxrss`` of that process, which hosts the
   submitter, the driver thread and the cluster's scheduler (workers are other processes).
   ``ru_maxrss`` is also read after each phase, to say where growth happens.
+* the same with the scheduler in its own process (``SubprocessCluster``): what the submitter and
+  the driver alone cost, without the task specs the scheduler unpickles.
 * detached driver (the CLI path): ``dask-batchapi submit`` with a submission file, then the
   peak RSS (``VmHWM`` from /proc, polled) of the ``dask_batchapi.runner`` process that hosts
   the driver and its own LocalCluster's scheduler.
@@ -42,18 +44,20 @@ BATCH_SIZE = 100
 
 
 # -- child: in-process driver ------------------------------------------------------------------
-def child_inproc(n_items: int, tmp: Path) -> dict:
+def child_inproc(n_items: int, tmp: Path, scheduler: str = "local") -> dict:
     import logging
 
     from distributed import Client, LocalCluster
+    from distributed.deploy.subprocess import SubprocessCluster
 
     import dask_batchapi as batchapi
     from _common import run_job_in_process
 
     logging.getLogger("distributed").setLevel(logging.ERROR)
     phases = {"start": peak_rss_mb()}
-    with LocalCluster(
-        n_workers=WORKERS, threads_per_worker=1, processes=True, dashboard_address=":0"
+    kind = LocalCluster if scheduler == "local" else SubprocessCluster
+    with kind(
+        n_workers=WORKERS, threads_per_worker=1, dashboard_address=":0"
     ) as cluster, Client(cluster, set_as_default=False) as client:
         api = batchapi.client(store=str(tmp / "store"), cluster=client).deploy(
             write_project(tmp / "proj", "bench-mem", NOOP_HANDLER)
@@ -77,10 +81,11 @@ def _submission(items: list) -> dict:
     return {"workers": WORKERS, "item_list": {"items": items, "batch_size": BATCH_SIZE}}
 
 
-def measure_inproc(n_items: int) -> dict:
+def measure_inproc(n_items: int, scheduler: str = "local") -> dict:
     with workdir() as tmp:
         out = subprocess.run(
-            [sys.executable, str(HERE / "bench_memory.py"), "--child", str(n_items), str(tmp)],
+            [sys.executable, str(HERE / "bench_memory.py"), "--child", str(n_items), str(tmp),
+             "--scheduler", scheduler],
             capture_output=True,
             text=True,
             env=bench_env(),
@@ -145,6 +150,8 @@ def run(client, api_factory, opts) -> list[Row]:
     rows: list[Row] = []
     modes = [("in-process driver", measure_inproc)]
     if opts.get("runner", True):
+        modes.append(("in-process driver, scheduler in own process",
+                      lambda n: measure_inproc(n, "subprocess")))
         modes.append(("detached runner (CLI)", measure_runner))
     for label, measure in modes:
         peaks: dict[int, list[float]] = {small: [], large: []}
@@ -182,8 +189,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--child", type=int, required=True)
     parser.add_argument("tmp")
+    parser.add_argument("--scheduler", choices=["local", "subprocess"], default="local")
     args = parser.parse_args()
-    print(json.dumps(child_inproc(args.child, Path(args.tmp))), flush=True)
+    print(json.dumps(child_inproc(args.child, Path(args.tmp), args.scheduler)), flush=True)
 
 
 if __name__ == "__main__":

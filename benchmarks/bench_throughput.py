@@ -25,6 +25,7 @@ import cloudpickle
 from _common import (
     NOOP_HANDLER,
     WORKERS,
+    CpuMeter,
     Row,
     Stat,
     job_final_status,
@@ -90,20 +91,28 @@ def run(client, api_factory, opts) -> list[Row]:
         settle(client)
         for n, raw_repeats in opts["sizes"]:
             rates: dict[str, list[float]] = {"batchapi": [], "raw": [], "pool": []}
+            foreign: list[float] = []
             for i in range(opts["repeats"]):
                 # interleaved, so slow drift of a shared machine hits all three alike
-                rates["batchapi"].append(n / time_batchapi(api, n))
-                settle(client)
-                if i < raw_repeats:
-                    rates["raw"].append(n / time_raw_dask(client, n))
+                with CpuMeter() as meter:
+                    rates["batchapi"].append(n / time_batchapi(api, n))
                     settle(client)
-                rates["pool"].append(n / time_pool(pool, n))
+                    if i < raw_repeats:
+                        rates["raw"].append(n / time_raw_dask(client, n))
+                        settle(client)
+                    rates["pool"].append(n / time_pool(pool, n))
+                foreign.append(meter.foreign)
                 opts["log"](
                     f"  (a) n={n} run {i + 1}: batchapi {rates['batchapi'][-1]:.0f}/s"
                     + (f", raw Dask {rates['raw'][-1]:.0f}/s" if i < raw_repeats else "")
-                    + f", pool {rates['pool'][-1]:.0f}/s"
+                    + f", pool {rates['pool'][-1]:.0f}/s; "
+                    f"other processes used {meter.foreign:.0%} of the machine"
                 )
             rows += _rows(n, rates)
+            rows.append(
+                Row("a", f"{n:,}: CPU used by other processes", "(background)",
+                    "share of machine", Stat(foreign), spec=".0%", verdict="info")
+            )
     return rows
 
 

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from . import config, jobs
-from .errors import JobStateError
+from .errors import JobNotFound, JobStateError
 from .ledger import read_dead_letter, read_logs
 from .spec import Submission, parse_submission
 from .status import JobStatus
@@ -92,6 +92,7 @@ class BatchClient:
         parsed = submission if isinstance(submission, Submission) else parse_submission(submission)
         parsed = jobs.with_workers(parsed, workers)
         target = self._target(cluster)
+        jobs.check_cluster(target)
         record = jobs.create_job(self.store, api, parsed, target)
         driver = jobs.start_job(self.store, record, target)
         return Job(self, api_name, record["job_id"], driver=driver)
@@ -109,10 +110,13 @@ class BatchClient:
     def list_jobs(self, api_name: str) -> list[dict]:
         """The ``job_status`` part of every job of the API, newest first."""
         self.store.get_api(api_name)
-        return [
-            jobs.job_status(self.store, api_name, j)["job_status"]
-            for j in self.store.list_job_ids(api_name)
-        ]
+        statuses = []
+        for job_id in self.store.list_job_ids(api_name):
+            try:
+                statuses.append(jobs.job_status(self.store, api_name, job_id)["job_status"])
+            except JobNotFound:
+                continue  # being submitted right now: its record is not written yet
+        return statuses
 
     def stop_job(self, api_name: str, job_id: str) -> None:
         jobs.stop_job(self.store, api_name, job_id)
@@ -123,12 +127,14 @@ class BatchClient:
         target = cluster if cluster is not None else self.cluster
         target = target if target is not None else record.get("cluster", "local")
         target = "local" if target == "client" and cluster is None else target
+        jobs.check_cluster(target)
         driver = jobs.start_job(self.store, record, target)
         return Job(self, api_name, job_id, driver=driver)
 
     def retry_job(self, api_name: str, job_id: str, cluster: Any = None) -> Job:
         """A new job of only the dead-lettered batches of ``job_id``."""
         target = self._target(cluster)
+        jobs.check_cluster(target)
         record = jobs.create_retry_job(self.store, api_name, job_id, target)
         driver = jobs.start_job(self.store, record, target)
         return Job(self, api_name, record["job_id"], driver=driver)

@@ -126,8 +126,3 @@ def backend_for(target: Any, workers: int = 1, compute: dict | None = None) -> C
             "or kubernetes"
         )
     return ClientBackend(target, workers, compute)
-
-
-def is_detachable(target: Any) -> bool:
-    """Whether a job on ``target`` can be driven by a detached process (not a live object)."""
-    return target is None or isinstance(target, str)

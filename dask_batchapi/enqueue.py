@@ -81,16 +81,6 @@ class RemoteIndexer:
                 raise SourceError(f"indexing input failed: {exc}") from None
 
 
-def known_total(submission: Submission, files: list[str] | None) -> int | None:
-    """The batch count when it is known before reading any data."""
-    kind = submission.source_kind
-    if kind == "item_list":
-        return math.ceil(len(submission.source.items) / submission.source.batch_size)
-    if kind == "file_path_lister" and files is not None:
-        return math.ceil(len(files) / submission.source.batch_size)
-    return None
-
-
 def batch_refs(
     submission: Submission,
     record: dict,

@@ -9,6 +9,7 @@ of the caller when the cluster is a live ``Client`` object.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 import socket
@@ -21,14 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from . import config
-from .cluster import backend_for, is_detachable
-from .enqueue import batch_refs, known_total
-from .errors import JobStateError, SubmissionError
-from .ledger import load_final, read_dead_letter
+from .errors import ClusterError, JobStateError, SubmissionError
+from .ledger import read_dead_letter
 from .project import check_handler, pack_project
-from .runtime import JobContext
-from .scheduler import JobDriver
-from .spec import APISpec, Submission, api_spec_from_dict, deep_merge, load_api_specs
+from .spec import Submission, load_api_specs, submission_from_dict
 from .status import JobState, JobStatus, is_interrupted, status_document, utcnow_iso
 from .store import JobStore
 
@@ -102,11 +99,16 @@ def build_record(
 def create_retry_job(store: JobStore, api_name: str, job_id: str, cluster: Any) -> dict:
     """A new job of only the dead-lettered batches of ``job_id`` (same batches, new ids)."""
     original = store.get_job(api_name, job_id)
+    state = JobState.from_dict(store.read_state(api_name, job_id))
+    if not state.job_status.is_terminal:
+        raise JobStateError(
+            f"job {job_id} is still {state.status}; retry its failed batches once it has ended"
+        )
     dead = read_dead_letter(store, api_name, job_id)
     if not dead:
         raise JobStateError(f"job {job_id} has no failed batches to retry")
     api = store.get_api(api_name)
-    submission = _submission_of(original)
+    submission = submission_of(original)
     record = build_record(api, submission, cluster, retry_of=job_id)
     record["retry_refs"] = [r["ref"] for r in dead]
     store.create_job(record)
@@ -170,7 +172,49 @@ def launch_detached(store: JobStore, api_name: str, job_id: str, cluster: str) -
     return proc.pid
 
 
+def is_detachable(target: Any) -> bool:
+    """Whether a job on ``target`` can be driven by a detached process (not a live object)."""
+    return target is None or isinstance(target, str)
+
+
+def check_cluster(target: Any) -> None:
+    """Reject a cluster target that cannot work, before anything is written (one line)."""
+    if not isinstance(target, str) or target == "local":
+        return
+    if target == "kubernetes":
+        raise ClusterError("--cluster kubernetes is not supported by this version yet")
+    if "://" not in target and ":" not in target:
+        raise ClusterError(
+            f"unknown cluster {target!r}: use local, a scheduler address (tcp://host:8786) "
+            "or kubernetes"
+        )
+    _check_reachable(target)
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A plain TCP connect to the scheduler, so a typo fails at submit, not in the driver."""
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as exc:
+        raise ClusterError(f"cannot reach the scheduler at {address}: {exc}") from None
+
+
+def known_total(submission: Submission, files: list[str] | None) -> int | None:
+    """The batch count when it is known before reading any data."""
+    kind = submission.source_kind
+    if kind == "item_list":
+        return math.ceil(len(submission.source.items) / submission.source.batch_size)
+    if kind == "file_path_lister" and files is not None:
+        return math.ceil(len(files) / submission.source.batch_size)
+    return None
+
+
 def launch_in_thread(store: JobStore, api_name: str, job_id: str, cluster: Any) -> threading.Thread:
+    from .runner import run_job
+
     thread = threading.Thread(
         target=run_job,
         args=(store, api_name, job_id, cluster),
@@ -189,61 +233,8 @@ def start_job(store: JobStore, record: dict, cluster: Any) -> Any:
     return launch_in_thread(store, api_name, job_id, cluster)
 
 
-# -- running (inside the driver's host process) ---------------------------------------------
-def run_job(store: JobStore, api_name: str, job_id: str, cluster: Any) -> JobStatus:
-    """Drive a job (a new one, or the rest of an interrupted one) to a final status."""
-    record = store.get_job(api_name, job_id)
-    api = store.get_api(api_name)
-    state = JobState.from_dict(store.read_state(api_name, job_id))
-    state.run += 1
-    state.status = JobStatus.ENQUEUING.value
-    state.heartbeat = time.time()
-    state.driver = {"host": socket.gethostname(), "pid": os.getpid()}
-    store.write_state(api_name, job_id, state.to_dict())
-    submission = _submission_of(record)
-    spec = api_spec_from_dict(api["spec"])
-    final = load_final(store, api_name, job_id) if state.run > 1 else None
-    if final is not None:  # the ledger is the truth; the state may be a checkpoint older
-        state.succeeded, state.dead_lettered = len(final.succeeded), len(final.dead_lettered)
-    state.in_flight = 0
-    files = store.get_listing(api_name, job_id)
-    if state.total_batch_count is None:
-        state.total_batch_count = known_total(submission, files)
-    try:
-        with backend_for(cluster, submission.workers, api["spec"].get("compute")) as client:
-            refs, indexer = batch_refs(
-                submission,
-                record,
-                files,
-                client,
-                config.storage_options(),
-                on_total=lambda total: setattr(state, "total_batch_count", total),
-            )
-            driver = JobDriver(
-                store,
-                record,
-                _context(record, api, spec, submission, state),
-                store.get_archive(api_name, record["archive_sha256"]),
-                refs,
-                client,
-                state=state,
-                skip=final or (),
-            )
-            if indexer is not None:
-                indexer.wait = driver.tick
-            return driver.run()
-    except Exception as exc:  # noqa: BLE001 - the job must end in a final status
-        logger.exception("job %s could not run", job_id)
-        state.status = JobStatus.UNEXPECTED_ERROR.value
-        state.error = {"type": type(exc).__name__, "message": str(exc), "reason": "driver"}
-        state.end_time = utcnow_iso()
-        store.write_state(api_name, job_id, state.to_dict())
-        return JobStatus.UNEXPECTED_ERROR
-
-
-def _submission_of(record: dict) -> Submission:
-    from .spec import submission_from_dict
-
+def submission_of(record: dict) -> Submission:
+    """The parsed submission stored in a job record."""
     return submission_from_dict(record["submission"])
 
 
@@ -254,26 +245,6 @@ def job_spec_for(record: dict, state: JobState) -> dict:
         total_batch_count=state.total_batch_count, start_time=state.start_time or utcnow_iso()
     )
     return spec
-
-
-def _context(
-    record: dict, api: dict, spec: APISpec, submission: Submission, state: JobState
-) -> JobContext:
-    return JobContext(
-        job_id=record["job_id"],
-        api_name=record["api_name"],
-        handler_path=spec.handler.path,
-        python_path=spec.handler.python_path,
-        signature=api["signature"],
-        config=deep_merge(spec.handler.config, submission.config),
-        job_spec=job_spec_for(record, state),
-        env={k: str(v) for k, v in spec.handler.env.items()},
-        log_level=spec.handler.log_level,
-        output=submission.output,
-        storage_options=config.storage_options(),
-        batch_timeout=submission.batch_timeout,
-        batch_timeout_grace=float(config.get("batch-timeout-grace")),
-    )
 
 
 # -- reading and controlling ----------------------------------------------------------------

@@ -86,11 +86,16 @@ class BatchBook:
         else:
             self.dead_letter(ref, err)
 
-    def lost(self, ref: BatchRef, err: tuple) -> None:
-        """The batch's worker died under it; rerun it without spending an attempt."""
+    def count_loss(self, ref: BatchRef) -> int:
+        """Count one run of the batch lost with its worker (Dask may rerun it by itself)."""
         self.state.lost += 1
         losses = self._losses.get(ref.index, 0) + 1
         self._losses[ref.index] = losses
+        return losses
+
+    def lost(self, ref: BatchRef, err: tuple, counted: bool = False) -> None:
+        """The batch's worker died under it; rerun it without spending an attempt."""
+        losses = self._losses.get(ref.index, 0) if counted else self.count_loss(ref)
         if losses > self.max_losses:
             self.dead_letter(ref, err)
         else:

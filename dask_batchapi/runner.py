@@ -9,13 +9,96 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
+import socket
 import sys
+import time
+from typing import Any
 
-from .jobs import run_job
+from . import config
+from .cluster import backend_for
+from .enqueue import batch_refs
+from .jobs import job_spec_for, known_total, submission_of
+from .ledger import load_final
+from .runtime import JobContext
+from .scheduler import JobDriver
+from .spec import APISpec, Submission, api_spec_from_dict, deep_merge
+from .status import JobState, JobStatus, utcnow_iso
 from .store import JobStore
 
 logger = logging.getLogger(__name__)
+
+
+def run_job(store: JobStore, api_name: str, job_id: str, cluster: Any) -> JobStatus:
+    """Drive a job (a new one, or the rest of an interrupted one) to a final status."""
+    record = store.get_job(api_name, job_id)
+    api = store.get_api(api_name)
+    state = JobState.from_dict(store.read_state(api_name, job_id))
+    state.run += 1
+    state.status = JobStatus.ENQUEUING.value
+    state.heartbeat = time.time()
+    state.driver = {"host": socket.gethostname(), "pid": os.getpid()}
+    store.write_state(api_name, job_id, state.to_dict())
+    submission = submission_of(record)
+    spec = api_spec_from_dict(api["spec"])
+    final = load_final(store, api_name, job_id) if state.run > 1 else None
+    if final is not None:  # the ledger is the truth; the state may be a checkpoint older
+        state.succeeded, state.dead_lettered = len(final.succeeded), len(final.dead_lettered)
+    state.in_flight = 0
+    files = store.get_listing(api_name, job_id)
+    if state.total_batch_count is None:
+        state.total_batch_count = known_total(submission, files)
+    try:
+        with backend_for(cluster, submission.workers, api["spec"].get("compute")) as client:
+            refs, indexer = batch_refs(
+                submission,
+                record,
+                files,
+                client,
+                config.storage_options(),
+                on_total=lambda total: setattr(state, "total_batch_count", total),
+            )
+            driver = JobDriver(
+                store,
+                record,
+                _context(record, api, spec, submission, state),
+                store.get_archive(api_name, record["archive_sha256"]),
+                refs,
+                client,
+                state=state,
+                skip=final or (),
+            )
+            if indexer is not None:
+                indexer.wait = driver.tick
+            return driver.run()
+    except Exception as exc:  # noqa: BLE001 - the job must end in a final status
+        logger.exception("job %s could not run", job_id)
+        state.status = JobStatus.UNEXPECTED_ERROR.value
+        state.error = {"type": type(exc).__name__, "message": str(exc), "reason": "driver"}
+        state.end_time = utcnow_iso()
+        store.write_state(api_name, job_id, state.to_dict())
+        return JobStatus.UNEXPECTED_ERROR
+
+
+def _context(
+    record: dict, api: dict, spec: APISpec, submission: Submission, state: JobState
+) -> JobContext:
+    return JobContext(
+        job_id=record["job_id"],
+        api_name=record["api_name"],
+        handler_path=spec.handler.path,
+        python_path=spec.handler.python_path,
+        signature=api["signature"],
+        config=deep_merge(spec.handler.config, submission.config),
+        job_spec=job_spec_for(record, state),
+        env={k: str(v) for k, v in spec.handler.env.items()},
+        log_level=spec.handler.log_level,
+        output=submission.output,
+        storage_options=config.storage_options(),
+        batch_timeout=submission.batch_timeout,
+        batch_timeout_grace=float(config.get("batch-timeout-grace")),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -105,6 +105,7 @@ class JobPlugin(WorkerPlugin):
         self._current: tuple[int, float, int] | None = None  # batch index, start, thread id
         self._current_lock = threading.Lock()
         self._watchdog: BatchWatchdog | None = None
+        self._cleanup_pending = False
 
     def __getstate__(self) -> dict:
         return {"context": self.context, "archive": self.archive, "name": self.name}
@@ -124,9 +125,24 @@ class JobPlugin(WorkerPlugin):
             self._watchdog.start()
 
     def teardown(self, worker) -> None:
+        """Remove everything of the job from this worker (runs on the worker's event loop).
+
+        A batch still running keeps the handler lock; waiting for it here would freeze the
+        worker, so the cleanup is left to that batch's chunk, which does it when it returns.
+        """
         self.cancelled = True
         if self._watchdog is not None:
             self._watchdog.stop()
+        if _HANDLER_LOCK.acquire(blocking=False):
+            try:
+                self._cleanup()
+            finally:
+                _HANDLER_LOCK.release()
+        else:
+            self._cleanup_pending = True
+
+    def _cleanup(self) -> None:
+        self._cleanup_pending = False
         with _HANDLER_LOCK:
             self.handler = None
             for name in self._modules:
@@ -227,6 +243,8 @@ class JobPlugin(WorkerPlugin):
             except BatchTimeout as exc:  # raised a moment after the batch ended: still a timeout
                 outcomes.append((ref.index, False, 0.0, error_info(exc)))
         logs = install_collector().drain(self.context.job_id)
+        if self._cleanup_pending:  # torn down while a batch of this chunk ran
+            self._cleanup()
         return {**result, "outcomes": outcomes, "not_run": not_run, "logs": logs}
 
     def _run_one(self, index: int, payload: Any) -> tuple:

@@ -24,6 +24,7 @@ import math
 import os
 import queue
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -108,6 +109,8 @@ class JobDriver:
         self._interval = float(config.get("checkpoint-interval"))
         self.workers: list[str] = []
         self._restrict = False
+        self._removals: queue.SimpleQueue = queue.SimpleQueue()
+        self._counted_losses: set[str] = set()
         self._restrictions: dict[str, set[str]] = {}
 
     # -- entry point --------------------------------------------------------------------------
@@ -140,6 +143,7 @@ class JobDriver:
         self.state.dashboard_link = getattr(self.client, "dashboard_link", None)
         self._checkpoint()
         self.client.register_plugin(self.plugin, name=self.plugin.name)
+        self._watch_worker_removals()
         self._refresh_workers()
         self.log.info(f"job started on {len(self.workers)} worker(s)")
         self.state.status = JobStatus.RUNNING.value
@@ -176,16 +180,17 @@ class JobDriver:
 
     def _finish(self, status: JobStatus, error: dict | None = None) -> None:
         self._cancel_all()
+        self._unsubscribe()
         self.state.status = status.value
         self.state.error = error
         self.state.in_flight = 0
         self.state.end_time = utcnow_iso()
         self.log.info(f"job ended: {status.value}")
+        self._checkpoint()  # the final status first: cleaning the workers may take a while
         try:
             self.client.unregister_worker_plugin(self.plugin.name)
         except Exception as exc:  # noqa: BLE001 - the cluster may already be gone
             logger.debug("unregistering plugin of %s failed: %s", self.job_id, exc)
-        self._checkpoint()
 
     # -- the window ---------------------------------------------------------------------------
     def _fill_window(self) -> None:
@@ -248,6 +253,8 @@ class JobDriver:
         entries = [self._inflight.pop(f.key) for f in futures if f.key in self._inflight]
         for f in futures:
             self._restrictions.pop(f.key, None)
+            if f.status == "finished":
+                self._counted_losses.discard(f.key)
         finished = [e for e in entries if e[0].status == "finished"]
         for (future, chunk, since), result in zip(finished, self._gather(finished), strict=True):
             if result is None:
@@ -310,12 +317,37 @@ class JobDriver:
             self.log.warning(f"a worker ran out of memory; {len(chunk)} batch(es) rerun")
             self.book.out_of_memory(chunk, ("WorkerOutOfMemory", err[1], ""))
             return
+        counted = future.key in self._counted_losses
+        self._counted_losses.discard(future.key)
         self.log.warning(f"{len(chunk)} batch(es) lost with their worker: {err[0]}: {err[1]}")
         for ref in chunk:
             if ref.index in timed_out:
                 self.book.failed(ref, _timeout_info(self.plugin.context.batch_timeout))
             else:
-                self.book.lost(ref, err)
+                self.book.lost(ref, err, counted=counted)
+
+    def _watch_worker_removals(self) -> None:
+        """Hear of workers removed mid-task: a cluster that reschedules tasks by itself
+        (``allowed-failures`` > 0) never fails our futures, yet those batches ran on a lost
+        worker and must be counted as lost."""
+        _RemovalHub.listen(self.client, self._removals)
+
+    def _note_removals(self) -> None:
+        while True:
+            try:
+                _, event = self._removals.get_nowait()
+            except queue.Empty:
+                return
+            if not isinstance(event, dict) or event.get("action") != "remove-worker":
+                continue
+            for key in set(event.get("processing-tasks", ())) & set(self._inflight):
+                if key in self._counted_losses:
+                    continue
+                self._counted_losses.add(key)
+                future, chunk, _ = self._inflight[key]
+                self.log.warning(f"{len(chunk)} batch(es) lost with worker {event.get('worker')}")
+                for ref in chunk:
+                    self.book.count_loss(ref)
 
     def _events(self, topic: str, since: float, key: str | None = None, value: Any = None):
         try:
@@ -334,6 +366,7 @@ class JobDriver:
             raise JobEnded(
                 JobStatus.TIMED_OUT, {"type": "Timeout", "reason": "timeout", "message": message}
             )
+        self._note_removals()
         if now >= self._next_checkpoint:
             if self.store.stop_requested(self.api_name, self.job_id):
                 self.log.info("stop requested")
@@ -372,6 +405,9 @@ class JobDriver:
             future.cancel()
             self.book.retry.extend(chunk)
 
+    def _unsubscribe(self) -> None:
+        _RemovalHub.forget(self.client, self._removals)
+
     def _cancel_all(self) -> None:
         futures = [e[0] for e in self._inflight.values()]
         self._inflight.clear()
@@ -382,6 +418,45 @@ class JobDriver:
             self.client.cancel(futures, force=True)
         except Exception as exc:  # noqa: BLE001 - the cluster may already be gone
             logger.debug("cancelling futures of %s failed: %s", self.job_id, exc)
+
+
+class _RemovalHub:
+    """One subscription to the scheduler's ``all`` events per client, fanned out to every
+    driver using that client (a client keeps a single handler per topic)."""
+
+    _listeners: dict[int, list[queue.SimpleQueue]] = {}
+    _lock = threading.Lock()
+
+    @classmethod
+    def listen(cls, client: Client, sink: queue.SimpleQueue) -> None:
+        with cls._lock:
+            sinks = cls._listeners.setdefault(id(client), [])
+            sinks.append(sink)
+            if len(sinks) > 1:
+                return
+
+        def fan_out(event: Any, sinks: list = sinks) -> None:
+            for target in list(sinks):
+                target.put(event)
+
+        try:
+            client.subscribe_topic("all", fan_out)
+        except Exception as exc:  # noqa: BLE001 - losses are then seen as KilledWorker only
+            logger.debug("cannot subscribe to scheduler events: %s", exc)
+
+    @classmethod
+    def forget(cls, client: Client, sink: queue.SimpleQueue) -> None:
+        with cls._lock:
+            sinks = cls._listeners.get(id(client), [])
+            if sink in sinks:
+                sinks.remove(sink)
+            if sinks:
+                return
+            cls._listeners.pop(id(client), None)
+        try:
+            client.unsubscribe_topic("all")
+        except Exception:  # noqa: BLE001 - not subscribed, or the cluster is gone
+            pass
 
 
 def _deadline(record: dict, timeout: float | None) -> float | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,6 +30,15 @@ from .errors import APINotFound, JobNotFound, StoreError
 from .fsutil import atomic_write
 
 logger = logging.getLogger(__name__)
+
+_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+_JOB_ID = re.compile(r"[0-9a-f]{16}")
+
+
+def _check_name(name: str, what: str, error: type[Exception]) -> None:
+    """Names become paths in the store: never let one reach outside its place."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise error(f"no API named {name!r}: an {what} is lowercase letters, digits and '-'")
 
 
 class JobStore:
@@ -119,6 +129,7 @@ class JobStore:
         self.write_json(self._path("apis", name, "api.json"), record)
 
     def get_api(self, name: str) -> dict:
+        _check_name(name, "API name", APINotFound)
         try:
             return self.read_json(self._path("apis", name, "api.json"))
         except FileNotFoundError:
@@ -149,6 +160,9 @@ class JobStore:
 
     # -- jobs ---------------------------------------------------------------------------------
     def _job(self, api: str, job_id: str, *parts: str) -> str:
+        _check_name(api, "API name", APINotFound)
+        if not _JOB_ID.fullmatch(job_id):
+            raise JobNotFound(f"no job {job_id!r} for API {api!r}: job ids are 16 hex digits")
         return self._path("jobs", api, job_id, *parts)
 
     def create_job(self, record: dict) -> None:
@@ -163,7 +177,7 @@ class JobStore:
 
     def list_job_ids(self, api: str) -> list[str]:
         """Job ids of ``api``, newest first (ids sort that way)."""
-        return self._names(self._path("jobs", api))
+        return [n for n in self._names(self._path("jobs", api)) if _JOB_ID.fullmatch(n)]
 
     def put_listing(self, api: str, job_id: str, files: list[str]) -> None:
         """The input files matched at submit, so every run of the job sees the same list."""

@@ -268,12 +268,6 @@ def test_submit_json_prints_the_job_record(long_job):
     assert record["item_list"]["item_count"] == 4
 
 
-@pytest.mark.xfail(
-    reason="JobPlugin.teardown (runtime.py) waits for _HANDLER_LOCK, held by the running batch, "
-    "and JobDriver._finish (scheduler.py) writes the final state only after "
-    "unregister_worker_plugin returns: the job shows 'running (interrupted)' until the batch ends",
-    strict=True,
-)
 def test_stop_a_long_running_job(long_job, store):
     job_id = json.loads(long_job.stdout)["job_id"]
     assert wait_for(store, job_id, {"running", *TERMINAL}, timeout=60)["status"] == "running"
@@ -468,14 +462,14 @@ BAD_COMMANDS = [  # (arguments from (tmp_path, finished job id, good submission)
     pytest.param(lambda t, j, s: ["retry", API, j], "no failed batches", id="retry-no-failures"),
     pytest.param(lambda t, j, s: ["resume", API, j], "already succeeded", id="resume-succeeded"),
     pytest.param(
+        lambda t, j, s: ["stop", API, f"../{API}/{j}"],
+        "../",
+        id="job-id-with-path",
+    ),
+    pytest.param(
         lambda t, j, s: ["submit", API, s, "--cluster", "bogus"],
         "bogus",
         id="cluster-bogus",
-        marks=pytest.mark.xfail(
-            reason="BatchClient.submit writes the job and starts its driver before checking the "
-            "cluster: the CLI exits 0 and the job ends unexpected_error",
-            strict=True,
-        ),
     ),
 ]
 

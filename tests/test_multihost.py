@@ -272,13 +272,6 @@ def test_job_survives_a_worker_link_cut(link_cut):
     print("batches run twice:", sorted(b for b, n in runs.items() if n > 1))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: when a worker is lost, the Dask scheduler itself reschedules its tasks, so "
-    "the chunk future never errs and JobDriver._chunk_lost (scheduler.py) never runs: "
-    "batch_metrics.lost stays 0 and max-worker-losses is not applied, although the batches "
-    "stranded on the lost worker ran again (DESIGN §2/§4.5: reported apart)",
-)
 def test_batches_stranded_by_a_link_cut_are_reported_lost(link_cut):
     runs = Counter(v["batch_id"] for v in link_cut.trace)
     rerun = [b for b, n in runs.items() if n > 1]
@@ -293,7 +286,7 @@ def _wait_for_progress(client, proc: subprocess.Popen, min_succeeded: int) -> ba
         assert proc.poll() is None, f"submit exited early: {proc.communicate()}"
         try:
             jobs = client.list_jobs("whereami")
-        except batchapi.JobNotFound:  # the job is being created: see the xfail test below
+        except batchapi.JobNotFound:  # never raised any more: see the test below
             jobs = []
         if jobs and jobs[0]["batch_metrics"]["succeeded"] >= min_succeeded:
             return client.get_job("whereami", jobs[0]["job_id"])
@@ -312,15 +305,7 @@ def _scheduler_events(log: str, since: float) -> list[tuple[str, float]]:
     return events
 
 
-# -- a bug found while polling the store from another host --------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    raises=batchapi.JobNotFound,
-    reason="bug: BatchClient.list_jobs (client.py) raises JobNotFound for a job whose directory "
-    "exists but whose job.json is not written yet (JobStore.create_job -> atomic_write makes "
-    "the directory, then renames the file in), so `get API` and delete_api fail while another "
-    "host submits",
-)
+# -- a job being created while another host lists the jobs --------------------------------------
 def test_listing_jobs_while_another_host_submits(tmp_path):
     from dask_batchapi.jobs import new_job_id
 
