@@ -184,26 +184,42 @@ class JobPlugin(WorkerPlugin):
             os.environ[key] = "" if value is None else str(value)
 
     def _import_handler(self):
+        """Import the handler under a job-unique module name.
+
+        Modules that other jobs' projects imported on this worker (a sibling ``utils.py`` of
+        the same name, say) are set aside during the import, so this project gets its own;
+        afterwards they are put back and this project's modules live only in its handler's
+        references (and in ``sys.modules`` when no other job is there).
+        """
         ctx = self.context
         paths = [str(self.dir / ctx.python_path)] if ctx.python_path else []
         for entry in [*paths, str(self.dir)]:
-            if entry not in sys.path:
-                sys.path.insert(0, entry)
-                self._sys_path.append(entry)
-        before = set(sys.modules)
-        # a job-unique module name, so two jobs' handler modules never collide
+            while entry in sys.path:
+                sys.path.remove(entry)
+            sys.path.insert(0, entry)
+            self._sys_path.append(entry)
+        others = {n: m for n, m in list(sys.modules.items()) if self._other_project(m)}
+        for name in others:
+            del sys.modules[name]
         name = f"batchapi_handler_{ctx.job_id}"
-        spec = importlib.util.spec_from_file_location(name, self.dir / ctx.handler_path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        self._modules = [m for m in set(sys.modules) - before if self._is_project_module(m)]
+        try:
+            spec = importlib.util.spec_from_file_location(name, self.dir / ctx.handler_path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+        finally:
+            self._modules = [n for n, m in list(sys.modules.items()) if self._own(m)]
+            sys.modules.update(others)
         self._modules.append(name)
         return module
 
-    def _is_project_module(self, name: str) -> bool:
-        path = getattr(sys.modules.get(name), "__file__", None) or ""
-        return path.startswith(str(self.dir))
+    def _own(self, module: Any) -> bool:
+        path = getattr(module, "__file__", None) or ""
+        return path.startswith(str(self.dir) + os.sep)
+
+    def _other_project(self, module: Any) -> bool:
+        path = getattr(module, "__file__", None) or ""
+        return path.startswith(str(self.dir.parent) + os.sep) and not self._own(module)
 
     @contextmanager
     def _in_project(self, **log_fields: str):
