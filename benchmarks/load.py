@@ -49,7 +49,8 @@ sys.path.insert(0, str(HERE))
 from reliability import machine, markdown_table  # noqa: E402
 
 import dask_batchapi as batchapi  # noqa: E402
-from dask_batchapi.status import JobStatus, parse_iso  # noqa: E402
+from dask_batchapi import config as batchapi_config  # noqa: E402
+from dask_batchapi.status import JobState, JobStatus, is_interrupted, parse_iso  # noqa: E402
 from dask_batchapi.store import JobStore  # noqa: E402
 
 NOOP_HANDLER = """
@@ -121,6 +122,16 @@ class JobResult:
     submit_s: float  # CLI process start -> exit
     doc: dict = field(default_factory=dict)
     seen_final: float = 0.0  # wall clock when this script saw the final status
+    created_time: str | None = None
+    # when a reader would have been told "interrupted" (the driver is alive: a false alarm)
+    interrupted_first: float | None = None
+    interrupted_last: float | None = None
+
+    @property
+    def false_interrupted_s(self) -> float | None:
+        if self.interrupted_first is None:
+            return None
+        return self.interrupted_last - self.interrupted_first
 
     @property
     def created(self) -> float:
@@ -191,6 +202,7 @@ def run_load(root: Path, workers: int, n_jobs: int, batches: int, batch_size: in
             continue
         results.append(JobResult(out.split()[0], time.time() - started))
     pending = {r.job_id: r for r in results}
+    heartbeat_timeout = float(batchapi_config.get("heartbeat-timeout"))
     deadline = time.time() + 600
     while pending and time.time() < deadline:
         for job_id, result in list(pending.items()):
@@ -201,6 +213,15 @@ def run_load(root: Path, workers: int, n_jobs: int, batches: int, batch_size: in
             if state.get("status") and JobStatus(state["status"]).is_terminal:
                 result.seen_final = time.time()
                 del pending[job_id]
+                continue
+            # what `get` / `Job.wait()` would say right now (the status document's rule)
+            if result.created_time is None:
+                result.created_time = store.get_job("load-noop", job_id)["created_time"]
+            now = time.time()
+            record = {"created_time": result.created_time}
+            if is_interrupted(record, JobState.from_dict(state), now, heartbeat_timeout):
+                result.interrupted_first = result.interrupted_first or now
+                result.interrupted_last = now
         time.sleep(0.25)
     memory.stop()
     for job_id in pending:
@@ -208,6 +229,8 @@ def run_load(root: Path, workers: int, n_jobs: int, batches: int, batch_size: in
     for result in results:
         result.doc = client.get_job("load-noop", result.job_id).status["job_status"]
         problems += check_exact(result, batches)
+        if result.doc.get("run") != 1:
+            problems.append(f"job {result.job_id}: run {result.doc.get('run')}, expected 1")
     ends = [r.end for r in results if r.doc.get("end_time")]
     wall = (max(ends) - first_submit) if ends else float("nan")
     return Run(workers, results, first_submit, wall, memory, problems)
@@ -251,6 +274,7 @@ def summary_table(runs: list[Run], batches: int, batch_size: int) -> str:
                 f"{gib(m.peak)} (+{gib(m.peak - m.baseline)} over {gib(m.baseline)} at start)",
                 f"{gib(m.peak_jobs_rss)} in {m.peak_processes} processes",
                 f"{batches * len(jobs) / run.wall:,.0f} batches/s",
+                _false_alarms(run.jobs),
                 "all succeeded, exact metrics" if ok else "FAIL: " + "; ".join(run.problems)[:300],
                 f"{run.wall / CORTEX_BUDGET_S:.2f}x Cortex's 210 s",
             ]
@@ -265,10 +289,18 @@ def summary_table(runs: list[Run], batches: int, batch_size: int) -> str:
         "peak machine memory used",
         "peak RSS of the jobs' processes",
         "throughput",
+        "jobs shown `interrupted` while alive",
         "check",
         "vs budget",
     ]
     return markdown_table(headers, rows)
+
+
+def _false_alarms(jobs: list[JobResult]) -> str:
+    alarms = [j.false_interrupted_s for j in jobs if j.false_interrupted_s is not None]
+    if not alarms:
+        return "0"
+    return f"{len(alarms)} of {len(jobs)} (for up to {max(alarms):.1f} s)"
 
 
 def jobs_table(run: Run) -> str:
@@ -276,7 +308,7 @@ def jobs_table(run: Run) -> str:
     for i, j in enumerate(sorted(run.jobs, key=lambda j: j.doc.get("created_time", "")), 1):
         d = j.doc
         if not d.get("end_time"):
-            rows.append([str(i), j.job_id, d.get("status", "?")] + ["-"] * 6)
+            rows.append([str(i), j.job_id, d.get("status", "?")] + ["-"] * 7)
             continue
         m = d["batch_metrics"]
         rows.append(
@@ -291,6 +323,7 @@ def jobs_table(run: Run) -> str:
                 f"{j.end - j.start:.1f} s",
                 f"{j.end - j.created:.1f} s",
                 f"{j.end - run.first_submit:.1f} s",
+                "-" if j.false_interrupted_s is None else f"{j.false_interrupted_s:.1f} s",
             ]
         )
     headers = [
@@ -303,6 +336,7 @@ def jobs_table(run: Run) -> str:
         "running -> final",
         "created -> final",
         "first submit -> this final",
+        "shown `interrupted` while alive",
     ]
     return markdown_table(headers, rows)
 

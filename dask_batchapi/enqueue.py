@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 
@@ -30,6 +31,8 @@ from .sources import (
 from .spec import Submission
 
 logger = logging.getLogger(__name__)
+
+_INDEX_ATTEMPTS = 3  # a file whose index task fails this often fails the job (enqueue_failed)
 
 
 class RemoteIndexer:
@@ -56,29 +59,33 @@ class RemoteIndexer:
                 url = next(urls, None)
                 if url is None:
                     break
-                pending.append(
-                    self.client.submit(
-                        index_file,
-                        url,
-                        self.granularity,
-                        self.storage_options,
-                        pure=False,
-                    )
-                )
+                pending.append((url, self._submit(url)))
             if not pending:
                 return
-            index = self._result(pending.popleft())
+            index = self._result(*reversed(pending.popleft()))
             self.values += index.count
             yield index
 
-    def _result(self, future) -> FileIndex:
-        while True:
-            try:
-                return future.result(timeout=0.2)
-            except TimeoutError:
+    def _result(self, future, url: str) -> FileIndex:
+        """The file's index; a failed index task is tried again (S3 hiccups) before failing."""
+        for attempt in range(1, _INDEX_ATTEMPTS + 1):
+            done = threading.Event()
+            future.add_done_callback(lambda _, done=done: done.set())
+            while not done.wait(0.2):
                 self.wait()
-            except Exception as exc:  # noqa: BLE001 - reported as the job's enqueue failure
+            if future.status == "finished":
+                return future.result()
+            exc = future.exception()
+            if attempt == _INDEX_ATTEMPTS:
                 raise SourceError(f"indexing input failed: {exc}") from None
+            logger.warning("indexing %s failed (attempt %d): %s; retrying", url, attempt, exc)
+            future = self._submit(url)
+        raise AssertionError("unreachable")
+
+    def _submit(self, url: str):
+        return self.client.submit(
+            index_file, url, self.granularity, self.storage_options, pure=False
+        )
 
 
 def batch_refs(

@@ -251,7 +251,7 @@ def job_spec_for(record: dict, state: JobState) -> dict:
 def job_status(store: JobStore, api_name: str, job_id: str) -> dict:
     """The job's status document."""
     record = store.get_job(api_name, job_id)
-    state = JobState.from_dict(store.read_state(api_name, job_id))
+    state = read_state(store, api_name, job_id)
     api_spec = store.get_api(api_name)["spec"]
     return status_document(
         record,
@@ -267,10 +267,19 @@ def stop_job(store: JobStore, api_name: str, job_id: str) -> None:
     store.request_stop(api_name, job_id)
 
 
+def read_state(store: JobStore, api_name: str, job_id: str) -> JobState:
+    """The job's state, its heartbeat the latest of the driver loop's and the process's."""
+    state = JobState.from_dict(store.read_state(api_name, job_id))
+    pulse = store.read_pulse(api_name, job_id)
+    if pulse is not None and (state.heartbeat is None or pulse > state.heartbeat):
+        state.heartbeat = pulse
+    return state
+
+
 def prepare_resume(store: JobStore, api_name: str, job_id: str) -> dict:
     """Check that a job can be resumed (its driver is dead, it did not succeed)."""
     record = store.get_job(api_name, job_id)
-    state = JobState.from_dict(store.read_state(api_name, job_id))
+    state = read_state(store, api_name, job_id)
     if state.job_status is JobStatus.SUCCEEDED:
         raise JobStateError(f"job {job_id} already succeeded; nothing to resume")
     if (

@@ -242,11 +242,10 @@ def driver_job(store_url: str, api_name: str, job_id: str) -> dict:
     metadata: dict[str, Any] = {"name": unique_name(job), "labels": labels(job, "driver")}
     if s.get("namespace"):
         metadata["namespace"] = s["namespace"]
-    inherited = dask.config.serialize({"batchapi": _without_secrets(dask.config.get("batchapi"))})
     env = [
         {"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": POD_UID_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
-        {"name": "DASK_INTERNAL_INHERIT_CONFIG", "value": inherited},
+        {"name": "DASK_INTERNAL_INHERIT_CONFIG", "value": _inherited_config()},
         *({"name": k, "value": str(v)} for k, v in (s.get("env") or {}).items()),
     ]
     container = {
@@ -279,7 +278,7 @@ def driver_job(store_url: str, api_name: str, job_id: str) -> dict:
         "spec": {
             "backoffLimit": 0,  # a driver that died is resumed on purpose (`resume`), not blindly
             "ttlSecondsAfterFinished": int(driver.get("ttl-seconds-after-finished", 86400)),
-            "template": {"metadata": {"labels": metadata["labels"]}, "spec": pod},
+            "template": {"metadata": {"labels": dict(metadata["labels"])}, "spec": pod},
         },
     }
 
@@ -287,17 +286,32 @@ def driver_job(store_url: str, api_name: str, job_id: str) -> dict:
 def launch_driver(store_url: str, api_name: str, job_id: str) -> str:
     """Create the driver Job in Kubernetes; its name. ClusterError (one line) if refused."""
     manifest = driver_job(store_url, api_name, job_id)
+    namespace = manifest["metadata"].get("namespace")
     try:
-        import kr8s
         from kr8s.objects import Job
 
-        api = kr8s.api(namespace=manifest["metadata"].get("namespace"))
-        Job(manifest, api=api, namespace=manifest["metadata"].get("namespace")).create()
+        Job(manifest, api=_api(namespace), namespace=namespace).create()
     except Exception as exc:  # noqa: BLE001 - credentials, RBAC, network: one line
         raise ClusterError(
             f"cannot start the driver of job {job_id} in Kubernetes: {error_line(exc)}"
         ) from None
     return manifest["metadata"]["name"]
+
+
+def check_submit(store_url: str, urls: list[str] | tuple[str, ...] = ()) -> None:
+    """Everything ``submit --cluster kubernetes`` can check before it writes the job."""
+    check_shared(store_url, urls)
+    try:
+        _api(settings().get("namespace"))
+    except Exception as exc:  # noqa: BLE001 - no kubeconfig, bad context: one line
+        raise ClusterError(f"cannot use Kubernetes: {error_line(exc)}") from None
+
+
+def _api(namespace: str | None) -> Any:
+    """kr8s' client for the kubeconfig (or the pod's service account): loads credentials."""
+    import kr8s
+
+    return kr8s.api(namespace=namespace) if namespace else kr8s.api()
 
 
 def check_shared(store_url: str, urls: list[str] | tuple[str, ...] = ()) -> None:
@@ -319,7 +333,14 @@ def is_local(url: str) -> bool:
     return "://" not in url or url.split("://", 1)[0] in ("file", "local", "memory")
 
 
-def _without_secrets(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _without_secrets(v) for k, v in value.items() if k not in _SECRET_KEYS}
-    return value
+def _inherited_config() -> str:
+    """``batchapi.*`` for the driver pod, without the credentials in ``storage-options``."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items() if k not in _SECRET_KEYS}
+        return value
+
+    settings = dict(dask.config.get("batchapi"))
+    settings["storage-options"] = clean(settings.get("storage-options") or {})
+    return dask.config.serialize({"batchapi": settings})

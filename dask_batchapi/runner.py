@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from typing import Any
 
@@ -30,8 +31,43 @@ from .store import JobStore
 logger = logging.getLogger(__name__)
 
 
+class Pulse(threading.Thread):
+    """Beats the driver process's heartbeat into the store, whatever the driver is doing
+    (starting a cluster under load can take longer than the heartbeat timeout)."""
+
+    def __init__(self, store: JobStore, api_name: str, job_id: str):
+        super().__init__(name=f"batchapi-pulse-{job_id}", daemon=True)
+        self.store, self.api_name, self.job_id = store, api_name, job_id
+        self.interval = float(config.get("checkpoint-interval"))
+        self._stop_event = threading.Event()
+
+    def beat(self) -> None:
+        pulse = {"time": time.time(), "host": socket.gethostname(), "pid": os.getpid()}
+        try:
+            self.store.write_pulse(self.api_name, self.job_id, pulse)
+        except Exception as exc:  # noqa: BLE001 - a missed beat is retried next interval
+            logger.warning("heartbeat of job %s not written: %s", self.job_id, exc)
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            self.beat()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+
 def run_job(store: JobStore, api_name: str, job_id: str, cluster: Any) -> JobStatus:
     """Drive a job (a new one, or the rest of an interrupted one) to a final status."""
+    pulse = Pulse(store, api_name, job_id)
+    pulse.beat()
+    pulse.start()
+    try:
+        return _run_job(store, api_name, job_id, cluster)
+    finally:
+        pulse.stop()
+
+
+def _run_job(store: JobStore, api_name: str, job_id: str, cluster: Any) -> JobStatus:
     record = store.get_job(api_name, job_id)
     api = store.get_api(api_name)
     state = JobState.from_dict(store.read_state(api_name, job_id))

@@ -106,6 +106,7 @@ class JobPlugin(WorkerPlugin):
         self._current_lock = threading.Lock()
         self._watchdog: BatchWatchdog | None = None
         self._cleanup_pending = False
+        self._bound: tuple | None = None
 
     def __getstate__(self) -> dict:
         return {"context": self.context, "archive": self.archive, "name": self.name}
@@ -250,14 +251,15 @@ class JobPlugin(WorkerPlugin):
             return {**result, "init_error": self.init_error, "outcomes": []}
         payloads = load_payloads(refs, self.context.storage_options)
         outcomes, not_run = [], []
-        for ref, payload in zip(refs, payloads, strict=True):
-            if self.cancelled:
-                not_run.append(ref.index)
-                continue
-            try:
-                outcomes.append(self._run_one(ref.index, payload))
-            except BatchTimeout as exc:  # raised a moment after the batch ended: still a timeout
-                outcomes.append((ref.index, False, 0.0, error_info(exc)))
+        with self._in_project():  # once per chunk: cwd, output capture, the handler lock
+            for ref, payload in zip(refs, payloads, strict=True):
+                if self.cancelled:
+                    not_run.append(ref.index)
+                    continue
+                try:
+                    outcomes.append(self._run_one(ref.index, payload))
+                except BatchTimeout as exc:  # raised just after the batch ended: still counts
+                    outcomes.append((ref.index, False, 0.0, error_info(exc)))
         logs = install_collector().drain(self.context.job_id)
         if self._cleanup_pending:  # torn down while a batch of this chunk ran
             self._cleanup()
@@ -270,8 +272,12 @@ class JobPlugin(WorkerPlugin):
         try:
             if isinstance(payload, BaseException):
                 raise payload
-            with self._in_project(batch_id=batch_id), self._watched(index):
-                value = self._call_batch(payload, batch_id)
+            with log_context(batch_id=batch_id):
+                if self._watchdog is None:
+                    value = self._call_batch(payload, batch_id)
+                else:
+                    with self._watched(index):
+                        value = self._call_batch(payload, batch_id)
             if value is not None and self.context.output:
                 self._output_writer().commit(index, value)
         except BatchTimeout:
@@ -295,10 +301,16 @@ class JobPlugin(WorkerPlugin):
                 self._current = None
 
     def _call_batch(self, payload: Any, batch_id: str) -> Any:
-        sig = self.context.signature
+        method, names = self._batch_call
         args = {"payload": payload, "batch_id": batch_id}
-        method = getattr(self.handler, sig["batch_method"])
-        return method(**{name: args[name] for name in sig["batch_args"]})
+        return method(**{name: args[name] for name in names})
+
+    @property
+    def _batch_call(self) -> tuple:
+        if self._bound is None:
+            sig = self.context.signature
+            self._bound = (getattr(self.handler, sig["batch_method"]), tuple(sig["batch_args"]))
+        return self._bound
 
     def _output_writer(self) -> OutputWriter:
         if self._writer is None:

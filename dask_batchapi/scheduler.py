@@ -276,7 +276,7 @@ class JobDriver:
 
     def _one_result(self, future: Future) -> dict | None:
         try:
-            return future.result(timeout=30)
+            return future.result()  # only called on finished futures
         except Exception:  # noqa: BLE001
             return None
 

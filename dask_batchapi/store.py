@@ -9,6 +9,7 @@ is written as new numbered segments, so a checkpoint costs O(changes), never O(j
     <root>/apis/<api>/archives/<sha256>.zip         the packed project
     <root>/jobs/<api>/<job_id>/job.json             the job record (immutable after submit)
     <root>/jobs/<api>/<job_id>/state.json           status, metrics, heartbeat (rewritten, small)
+    <root>/jobs/<api>/<job_id>/pulse.json           the driver process's heartbeat
     <root>/jobs/<api>/<job_id>/stop                 a stop request
     <root>/jobs/<api>/<job_id>/ledger/<seg>.json    batch indices that became final
     <root>/jobs/<api>/<job_id>/dead_letter/<seg>.json  failed batches with input and error
@@ -196,6 +197,16 @@ class JobStore:
         try:
             return self.read_json(self._job(api, job_id, "state.json"))
         except FileNotFoundError:
+            return None
+
+    def write_pulse(self, api: str, job_id: str, pulse: dict) -> None:
+        """The driver process's heartbeat, beaten by a thread of its own (see runner.Pulse)."""
+        self.write_json(self._job(api, job_id, "pulse.json"), pulse)
+
+    def read_pulse(self, api: str, job_id: str) -> float | None:
+        try:
+            return float(self.read_json(self._job(api, job_id, "pulse.json"))["time"])
+        except (FileNotFoundError, KeyError, TypeError, ValueError):
             return None
 
     def request_stop(self, api: str, job_id: str) -> None:

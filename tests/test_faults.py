@@ -62,7 +62,7 @@ def test_worker_sigkilled_three_times_loses_nothing(marking_api, tmp_path):
     })
     killed: set[int] = set()
     for round_ in range(3):
-        def victim():
+        def victim(round_=round_):
             calls = _calls(marks)
             pids = [p for _, p, _ in calls[-4:] if p not in killed and psutil.pid_exists(p)]
             return pids[-1] if len(calls) >= 20 * (round_ + 1) and pids else None

@@ -158,3 +158,36 @@ def test_store_on_s3_shared_between_processes(tmp_path, s3_bucket):
     assert stopped.returncode == 0, stopped.stderr
     assert job.wait(timeout=30) == "stopped"
     assert job.metrics["succeeded"] < 60
+
+
+@pytest.mark.timeout(360)
+@pytest.mark.slow  # ~1 min: 1,000 objects uploaded to moto, then a real job reads them all
+def test_large_delimited_job_sees_every_value_exactly_once(tmp_path, store_dir, s3_bucket):
+    files, per_file, batch_size = 1000, 1000, 997
+    put_objects(s3_bucket, {
+        f"big/part-{n:05d}.jsonl": "".join(
+            f'{{"i": {i}}}\n' for i in range(n * per_file, (n + 1) * per_file))
+        for n in range(files)
+    }, max_workers=32)
+    project = write_project(tmp_path / "ids", """
+        class Handler:
+            def handle_batch(self, payload):
+                return [value["i"] for value in payload]
+        """, name="ids")
+    out = tmp_path / "out"
+    job = batchapi.deploy(project).submit({
+        "workers": 2, "output": str(out),
+        "delimited_files": {"s3_paths": [f"s3://{s3_bucket}/big/part-"], "batch_size": batch_size},
+    })
+    assert job.wait(timeout=240) == "succeeded"
+    total = files * per_file
+    batches = -(-total // batch_size)
+    status = job.status["job_status"]
+    assert status["total_batch_count"] == batches
+    assert status["batch_metrics"]["succeeded"] == batches
+    parts = sorted((out / job.job_id).iterdir())
+    assert len(parts) == batches
+    sizes = [len(p.read_text().split()) for p in parts]
+    assert sizes[:-1] == [batch_size] * (batches - 1)
+    seen = [int(v) for p in parts for v in p.read_text().split()]
+    assert seen == list(range(total))  # every value exactly once, in order

@@ -6,11 +6,9 @@ No storage options are passed unless a test says so: s3fs finds the server throu
 
 from __future__ import annotations
 
-import itertools
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from s3_fixtures import put_objects, s3_bucket, s3_server  # noqa: F401
@@ -188,32 +186,4 @@ def _large_body(file_number: int) -> bytes:
     return "".join(f'{{"i": {n}}}\n' for n in range(first, first + VALUES_PER_FILE)).encode()
 
 
-@pytest.mark.slow  # 30-60 s: moto answers ~3000 requests at 10-25 ms each
-def test_large_input_every_value_exactly_once(s3_bucket):  # noqa: F811
-    started = time.monotonic()
-    put_objects(
-        s3_bucket,
-        {f"big/part-{n:05d}.jsonl": _large_body(n) for n in range(FILES)},
-        max_workers=32,
-    )
-    uploaded = time.monotonic()
-    files = list_files([f"s3://{s3_bucket}/big/part-"])
-    assert len(files) == FILES
-    granularity = granularity_for(BATCH_SIZE)
-    with ThreadPoolExecutor(max_workers=16) as pool:  # as workers would, concurrently
-        indexes = pool.map(lambda url: index_file(url, granularity), files)
-        refs = list(iter_delimited_batches(indexes, BATCH_SIZE))
-        total = FILES * VALUES_PER_FILE
-        assert len(refs) == -(-total // BATCH_SIZE)
-        assert all(ref.size == BATCH_SIZE for ref in refs[:-1])
-        assert refs[-1].size == total - BATCH_SIZE * (len(refs) - 1)
-        indexed = time.monotonic()
-        chunks = [refs[i : i + 25] for i in range(0, len(refs), 25)]
-        payloads = list(itertools.chain.from_iterable(pool.map(load_payloads, chunks)))
-    assert not [p for p in payloads if isinstance(p, BaseException)]
-    seen = [value["i"] for payload in payloads for value in payload]
-    assert seen == list(range(total))  # every value exactly once, in order
-    print(
-        f"upload {uploaded - started:.1f}s, index {indexed - uploaded:.1f}s, "
-        f"load {time.monotonic() - indexed:.1f}s"
-    )
+# The large input (1,000 files, 1,000,000 values) runs as a real job in test_s3_jobs.py.
