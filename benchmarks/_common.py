@@ -51,8 +51,7 @@ class Stat:
         if len(self.values) == 1:
             return f"{self.median:{spec}}{u} (n=1)"
         return (
-            f"{self.median:{spec}}{u} "
-            f"[{self.min:{spec}}–{self.max:{spec}}] (n={len(self.values)})"
+            f"{self.median:{spec}}{u} [{self.min:{spec}}–{self.max:{spec}}] (n={len(self.values)})"
         )
 
 
@@ -96,7 +95,7 @@ def format_table(rows: list[Row]) -> str:
     widths = [max(len(line[i]) for line in lines) for i in range(len(HEADER))]
 
     def fmt(cells: list[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
 
     out = [fmt(HEADER), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += [fmt(r.cells()) for r in rows]
@@ -159,9 +158,14 @@ def _machine_busy() -> float:
     import psutil
 
     t = psutil.cpu_times()
-    return t.user + t.system + getattr(t, "nice", 0) + getattr(t, "irq", 0) + getattr(
-        t, "softirq", 0
-    ) + getattr(t, "steal", 0)
+    return (
+        t.user
+        + t.system
+        + getattr(t, "nice", 0)
+        + getattr(t, "irq", 0)
+        + getattr(t, "softirq", 0)
+        + getattr(t, "steal", 0)
+    )
 
 
 def _tree_cpu() -> float:

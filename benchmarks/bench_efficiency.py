@@ -24,8 +24,6 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 import cloudpickle
-from distributed import get_task_stream
-
 from _common import (
     BUSY_HANDLER,
     WORKERS,
@@ -38,6 +36,7 @@ from _common import (
     task_busy_share,
     verdict,
 )
+from distributed import get_task_stream
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -128,12 +127,38 @@ def _rows(n, seconds, ideal, eff, share, foreign) -> list[Row]:
             verdict=f"{verdict(ours.median >= 0.9)} (0.9); {verdict(ours.median >= 0.95)} (0.95)",
         ),
         Row("b", case, "raw Dask client.map", "efficiency", raw, ratio="1x"),
-        Row("b", case, f"ProcessPoolExecutor({WORKERS})", "efficiency", pool,
-            ratio=f"{pool.median / raw.median:.2f}x raw", verdict="machine ceiling now"),
-        Row("b", "workers' time inside tasks", "dask-batchapi", "share",
-            Stat(share["batchapi"]), verdict="info"),
-        Row("b", "workers' time inside tasks", "raw Dask client.map", "share",
-            Stat(share["raw"]), verdict="info"),
-        Row("b", "CPU used by other processes", "(background)", "share of machine",
-            Stat(foreign), spec=".0%", verdict="info"),
+        Row(
+            "b",
+            case,
+            f"ProcessPoolExecutor({WORKERS})",
+            "efficiency",
+            pool,
+            ratio=f"{pool.median / raw.median:.2f}x raw",
+            verdict="machine ceiling now",
+        ),
+        Row(
+            "b",
+            "workers' time inside tasks",
+            "dask-batchapi",
+            "share",
+            Stat(share["batchapi"]),
+            verdict="info",
+        ),
+        Row(
+            "b",
+            "workers' time inside tasks",
+            "raw Dask client.map",
+            "share",
+            Stat(share["raw"]),
+            verdict="info",
+        ),
+        Row(
+            "b",
+            "CPU used by other processes",
+            "(background)",
+            "share of machine",
+            Stat(foreign),
+            spec=".0%",
+            verdict="info",
+        ),
     ]

@@ -36,8 +36,14 @@ from _common import (
 
 N_BATCHES = 4
 TERMINAL = {
-    "succeeded", "completed_with_failures", "enqueue_failed", "worker_error", "worker_oom",
-    "timed_out", "stopped", "unexpected_error",
+    "succeeded",
+    "completed_with_failures",
+    "enqueue_failed",
+    "worker_error",
+    "worker_oom",
+    "timed_out",
+    "stopped",
+    "unexpected_error",
 }
 
 
@@ -92,13 +98,16 @@ def measure_cli(project: Path, tmp: Path, i: int) -> dict:
     sub.write_text(json.dumps(_submission(probe_dir)))
     t_submit = time.time()
     out = subprocess.run(
-        [cli, "submit", "bench-probe", str(sub)], env=env, check=True, capture_output=True,
+        [cli, "submit", "bench-probe", str(sub)],
+        env=env,
+        check=True,
+        capture_output=True,
         text=True,
     )
     t_returned = time.time()
     job_id = out.stdout.split()[0]
     state_path = store / "jobs" / "bench-probe" / job_id / "state.json"
-    state = _wait_terminal(state_path)
+    state, seen = _wait_terminal(state_path)
     mtime = state_path.stat().st_mtime
     if state["status"] != "succeeded":
         raise RuntimeError(f"CLI latency job {job_id} ended {state['status']}")
@@ -108,20 +117,24 @@ def measure_cli(project: Path, tmp: Path, i: int) -> dict:
         "submit_to_first": first - t_submit,
         "last_to_final": mtime - last,
         "cli_returned": t_returned - t_submit,
+        "runner_up": seen.get("enqueuing", t_submit) - t_submit,
         "submit_to_driver_start": (_parse_iso(state.get("start_time")) or t_submit) - t_submit,
     }
 
 
-def _wait_terminal(state_path: Path, timeout: float = 120) -> dict:
+def _wait_terminal(state_path: Path, timeout: float = 120) -> tuple[dict, dict]:
+    """The final state, and when each status was first seen (polled every 10 ms)."""
     deadline = time.time() + timeout
+    seen: dict[str, float] = {}
     while time.time() < deadline:
         try:
             state = json.loads(state_path.read_text())
         except (OSError, ValueError):
             state = {}
+        seen.setdefault(state.get("status"), time.time())
         if state.get("status") in TERMINAL:
-            return state
-        time.sleep(0.02)
+            return state, seen
+        time.sleep(0.01)
     raise TimeoutError(f"job of {state_path} did not finish in {timeout} s")
 
 
@@ -169,15 +182,27 @@ def _rows(results: dict[str, list[dict]]) -> list[Row]:
         ):
             stat = Stat([r[metric] for r in runs])
             rows.append(
-                Row("d", case, labels[key], "s", stat, target="<=1 s",
-                    verdict=verdict(stat.median <= 1.0))
+                Row(
+                    "d",
+                    case,
+                    labels[key],
+                    "s",
+                    stat,
+                    target="<=1 s",
+                    verdict=verdict(stat.median <= 1.0),
+                )
             )
         extra = [("submit_to_driver_start", "submit -> driver started (start_time)")]
         if key == "cli":
-            extra.insert(0, ("cli_returned", "submit -> CLI returned"))
+            extra[:0] = [
+                ("cli_returned", "submit -> CLI returned"),
+                ("runner_up", "submit -> runner wrote 'enqueuing'"),
+            ]
+            extra[-1] = ("submit_to_driver_start", "submit -> cluster up, driver started")
         for metric, case in extra:
-            rows.append(Row("d", case, labels[key], "s", Stat([r[metric] for r in runs]),
-                            verdict="info"))
+            rows.append(
+                Row("d", case, labels[key], "s", Stat([r[metric] for r in runs]), verdict="info")
+            )
     return rows
 
 

@@ -21,7 +21,6 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 import cloudpickle
-
 from _common import (
     NOOP_HANDLER,
     WORKERS,
@@ -32,7 +31,6 @@ from _common import (
     run_job_in_process,
     settle,
     verdict,
-    write_project,
 )
 
 BATCH_SIZE = 10
@@ -110,8 +108,15 @@ def run(client, api_factory, opts) -> list[Row]:
                 )
             rows += _rows(n, rates)
             rows.append(
-                Row("a", f"{n:,}: CPU used by other processes", "(background)",
-                    "share of machine", Stat(foreign), spec=".0%", verdict="info")
+                Row(
+                    "a",
+                    f"{n:,}: CPU used by other processes",
+                    "(background)",
+                    "share of machine",
+                    Stat(foreign),
+                    spec=".0%",
+                    verdict="info",
+                )
             )
     return rows
 

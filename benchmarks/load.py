@@ -46,7 +46,7 @@ CLI = str(Path(sys.executable).with_name("dask-batchapi"))
 CORTEX_BUDGET_S = 210
 
 sys.path.insert(0, str(HERE))
-from reliability import machine, markdown_table  # noqa: E402
+from reliability import machine, markdown_table, wait_for_runners  # noqa: E402
 
 import dask_batchapi as batchapi  # noqa: E402
 from dask_batchapi import config as batchapi_config  # noqa: E402
@@ -342,7 +342,8 @@ def jobs_table(run: Run) -> str:
 
 
 def write_section(text: str) -> None:
-    current = RESULTS.read_text() if RESULTS.exists() else "# dask-batchapi — reliability results\n"
+    title = "# dask-batchapi — reliability results\n"
+    current = RESULTS.read_text() if RESULTS.exists() else title
     if LOAD_MARKER in current:
         current = current[: current.index(LOAD_MARKER)]
     RESULTS.write_text(current.rstrip("\n") + "\n" + text)
@@ -368,6 +369,7 @@ def main() -> int:
             print(f"  wall {run.wall:.1f} s; problems: {run.problems or 'none'}", flush=True)
             time.sleep(3)  # let the previous clusters' processes exit before the next run
     finally:
+        wait_for_runners(root)
         shutil.rmtree(root, ignore_errors=True)
     summary = summary_table(runs, args.batches, args.batch_size)
     per_job = "\n\n".join(f"workers = {r.workers}:\n\n{jobs_table(r)}" for r in runs)

@@ -32,9 +32,9 @@ sys.path.insert(0, str(HERE))
 
 def child(args: argparse.Namespace) -> None:
     import cloudpickle
+    from _common import BUSY_HANDLER, NOOP_HANDLER, local_client, run_job_in_process, write_project
 
     import dask_batchapi as batchapi
-    from _common import BUSY_HANDLER, NOOP_HANDLER, local_client, run_job_in_process, write_project
 
     tmp = Path(tempfile.mkdtemp(prefix="batchapi-profile-"))
     handler = BUSY_HANDLER if args.busy else NOOP_HANDLER
@@ -70,9 +70,18 @@ def _noop(batch):
 
 # leaf frames of a thread that waits (py-spy --idle keeps them, so wall time adds up)
 _IDLE = (
-    "Condition.wait", "EpollSelector.select", "Connection._recv", "Popen.poll",
-    "_wait_for_tstate_lock", "resource_tracker.py", "_worker (concurrent/futures/thread.py:81)",
-    "Event.wait", "SimpleQueue.get", "sleep", "readline", "Connection.poll",
+    "Condition.wait",
+    "EpollSelector.select",
+    "Connection._recv",
+    "Popen.poll",
+    "_wait_for_tstate_lock",
+    "resource_tracker.py",
+    "_worker (concurrent/futures/thread.py:81)",
+    "Event.wait",
+    "SimpleQueue.get",
+    "sleep",
+    "readline",
+    "Connection.poll",
 )
 
 
@@ -140,16 +149,25 @@ def main() -> int:
     if args.child:
         child(args)
         return 0
-    pyspy = shutil.which("py-spy", path=os.pathsep.join([str(Path(sys.executable).parent),
-                                                         os.environ.get("PATH", "")]))
+    pyspy = shutil.which(
+        "py-spy",
+        path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    )
     if not pyspy:
         print("py-spy is not installed: .venv/bin/pip install py-spy")
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     raw = out / "profile.txt"
-    cmd = [sys.executable, __file__, "--child", "--batches", str(args.batches),
-           "--busy", str(args.busy)] + (["--raw"] if args.raw else [])
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--batches",
+        str(args.batches),
+        "--busy",
+        str(args.busy),
+    ] + (["--raw"] if args.raw else [])
     raw.unlink(missing_ok=True)
     job = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     ready = job.stdout.readline()  # after cluster start and a warm-up job
@@ -157,8 +175,21 @@ def main() -> int:
         job.kill()
         print(f"profiled child did not start: {ready!r}")
         return 1
-    spy = [pyspy, "record", "--pid", ready.split()[1], "--subprocesses", "--threads", "--idle",
-           "-r", str(args.rate), "-f", "raw", "-o", str(raw)]
+    spy = [
+        pyspy,
+        "record",
+        "--pid",
+        ready.split()[1],
+        "--subprocesses",
+        "--threads",
+        "--idle",
+        "-r",
+        str(args.rate),
+        "-f",
+        "raw",
+        "-o",
+        str(raw),
+    ]
     recorder = subprocess.Popen(spy, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(2.0)  # let py-spy attach to the child and its workers
     job.stdin.write("go\n")

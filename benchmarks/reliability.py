@@ -185,7 +185,8 @@ def machine() -> list[str]:
 
     return [
         f"- date (UTC): {datetime.now(timezone.utc):%Y-%m-%d %H:%M:%S}",
-        f"- CPU: {cpu}, {psutil.cpu_count()} logical cores ({psutil.cpu_count(logical=False)} physical)",
+        f"- CPU: {cpu}, {psutil.cpu_count()} logical cores "
+        f"({psutil.cpu_count(logical=False)} physical)",
         f"- RAM: {mem:.1f} GiB",
         f"- OS: {platform.platform()}",
         f"- Python {platform.python_version()}, dask {dask.__version__}, "
@@ -495,7 +496,8 @@ def fault_driver_kill(lab: Lab) -> Row:
         f"workers gone {workers_gone:.1f} s after the kill (orphans: {len(orphans)}); "
         f"already-succeeded batches run again: {len(rerun)} (ledgered: {len(ledgered_rerun)}), "
         f"oldest finished {oldest:.2f} s before the kill vs checkpoint window "
-        f"{CHECKPOINT_INTERVAL:g} s; on_job_complete ran {complete.count('done')}x; run {doc['run']}"
+        f"{CHECKPOINT_INTERVAL:g} s; on_job_complete ran {complete.count('done')}x; "
+        f"run {doc['run']}"
     )
     row.check(doc["status"] == "succeeded", f"status {doc['status']}")
     row.check(not ledgered_rerun, f"{len(ledgered_rerun)} batches in the ledger ran again")
@@ -821,6 +823,21 @@ FAULTS: dict[str, Callable[[Lab], Row]] = {
 }
 
 
+def wait_for_runners(root: Path, timeout: float = 20) -> None:
+    """Let the detached runners of jobs in ``root`` (and their clusters) exit before cleanup."""
+
+    def ours() -> list[psutil.Process]:
+        procs = []
+        for proc in psutil.process_iter(["cmdline"]):
+            cmdline = proc.info["cmdline"] or []
+            if "dask_batchapi.runner" in cmdline and any(str(root) in a for a in cmdline):
+                procs.append(proc)
+        return procs
+
+    with contextlib.suppress(TimeoutError):
+        wait_for(lambda: not ours(), timeout, "the jobs' runners to exit", step=0.5)
+
+
 def write_results(rows: list[Row], header: list[str], seconds: float, command: str) -> None:
     load_section = ""
     if RESULTS.exists():
@@ -879,6 +896,7 @@ def main() -> int:
         if args.keep:
             print(f"scratch directory kept: {root}")
         else:
+            wait_for_runners(root)
             shutil.rmtree(root, ignore_errors=True)
     seconds = time.time() - started
     header.append("- load average at end: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))

@@ -259,6 +259,7 @@ def job_status(store: JobStore, api_name: str, job_id: str) -> dict:
         api_spec,
         now=time.time(),
         heartbeat_timeout=float(config.get("heartbeat-timeout")),
+        driver_dead=_driver_alive(state) is False,
     )
 
 
@@ -282,30 +283,50 @@ def prepare_resume(store: JobStore, api_name: str, job_id: str) -> dict:
     state = read_state(store, api_name, job_id)
     if state.job_status is JobStatus.SUCCEEDED:
         raise JobStateError(f"job {job_id} already succeeded; nothing to resume")
-    if (
-        not state.job_status.is_terminal
-        and not is_interrupted(record, state, time.time(), float(config.get("heartbeat-timeout")))
-        and _driver_alive(state)
-    ):
-        raise JobStateError(
-            f"job {job_id} is {state.status} and its driver is alive; stop it first or wait"
-        )
+    if not state.job_status.is_terminal:
+        _refuse_if_driver_alive(record, state)
     store.clear_stop(api_name, job_id)
+    # pending again until the new driver is up, so nobody reads the old end or the dead pid
+    state.move_to(JobStatus.PENDING)
+    state.driver, state.heartbeat = {}, time.time()
+    state.end_time, state.error = None, None
+    store.write_state(api_name, job_id, state.to_dict())
     return record
 
 
-def _driver_alive(state: JobState) -> bool:
-    """False when the driver ran on this host and its process is gone (no need to wait)."""
+def _refuse_if_driver_alive(record: dict, state: JobState) -> None:
+    """Never two drivers for one job: a driver process alive on this host wins over any
+    heartbeat; elsewhere, a fresh heartbeat means alive."""
+    job_id = record["job_id"]
+    alive = _driver_alive(state)
+    stale = is_interrupted(record, state, time.time(), float(config.get("heartbeat-timeout")))
+    if alive is True or (alive is None and not stale):
+        raise JobStateError(
+            f"job {job_id} is {state.status} and its driver is alive; stop it first or wait"
+        )
+
+
+def _driver_alive(state: JobState) -> bool | None:
+    """True/False when the driver ran on this host (its pid tells); None when it ran elsewhere."""
     import psutil
 
     driver = state.driver or {}
     if driver.get("host") != socket.gethostname() or not driver.get("pid"):
-        return True
+        return None
     try:
         proc = psutil.Process(driver["pid"])
+        return proc.status() != psutil.STATUS_ZOMBIE and _is_our_driver(proc)
     except psutil.NoSuchProcess:
         return False
-    return proc.status() != psutil.STATUS_ZOMBIE
+
+
+def _is_our_driver(proc) -> bool:
+    """The pid may have been reused by an unrelated process since the driver died."""
+    try:
+        cmdline = " ".join(proc.cmdline())
+    except Exception:  # noqa: BLE001 - no permission: assume it is
+        return True
+    return "dask_batchapi" in cmdline or "python" in cmdline or "ipykernel" in cmdline
 
 
 def matched_files(submission: Submission) -> list[str]:

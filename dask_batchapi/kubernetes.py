@@ -85,10 +85,16 @@ def pod_resources(compute: dict | None, s: dict) -> dict:
         requests["memory"] = limits["memory"] = str(int(compute["mem"]))
     if int(compute.get("gpu") or 0) > 0:
         limits[s.get("gpu-resource") or "nvidia.com/gpu"] = str(int(compute["gpu"]))
-    extra = s.get("worker-resources") or {}
-    requests.update({k: str(v) for k, v in (extra.get("requests") or {}).items()})
-    limits.update({k: str(v) for k, v in (extra.get("limits") or {}).items()})
+    extra = quantities(s.get("worker-resources"))
+    requests.update(extra.get("requests", {}))
+    limits.update(extra.get("limits", {}))
     return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
+
+
+def quantities(resources: dict | None) -> dict:
+    """``{requests: {cpu: 1}}`` -> ``{requests: {cpu: "1"}}``: the CRDs take strings only."""
+    return {kind: {k: str(v) for k, v in (values or {}).items()}
+            for kind, values in (resources or {}).items()}  # fmt: skip
 
 
 def worker_command(compute: dict | None) -> list[str]:
@@ -122,12 +128,12 @@ def cluster_spec(
     if owner:
         spec["metadata"]["ownerReferences"] = [owner]
     worker, scheduler = spec["spec"]["worker"]["spec"], spec["spec"]["scheduler"]["spec"]
-    # distributed >= 2024 has no dask-scheduler script; the operator's default still says so
+    # recent distributed installs only `dask` (no `dask-scheduler`), the operator's default
     scheduler["containers"][0]["args"] = ["dask", "scheduler", "--host", "0.0.0.0"]
     scheduler["containers"][0]["env"] = env + [
         {"name": k, "value": v} for k, v in SCHEDULER_ENV.items()
     ]
-    scheduler["containers"][0]["resources"] = dict(s.get("scheduler-resources") or {})
+    scheduler["containers"][0]["resources"] = quantities(s.get("scheduler-resources"))
     for pod, extra in ((worker, s.get("worker-pod-spec")), (scheduler, None)):
         _dress(pod, s, extra)
     return spec
@@ -263,7 +269,7 @@ def driver_job(store_url: str, api_name: str, job_id: str) -> dict:
             job_id,
         ],  # fmt: skip
         "env": env,
-        "resources": dict(driver.get("resources") or {}),
+        "resources": quantities(driver.get("resources")),
     }
     pod = {
         "serviceAccountName": driver.get("service-account") or "dask-batchapi-driver",

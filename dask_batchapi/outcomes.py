@@ -66,6 +66,10 @@ class BatchBook:
     def is_suspect(self, index: int) -> bool:
         return index in self._suspects
 
+    def suspect_next(self) -> bool:
+        """Whether the next batch to run is a memory suspect (it must run alone)."""
+        return bool(self.retry) and self.retry[0].index in self._suspects
+
     def succeeded(self, index: int) -> None:
         self.state.succeeded += 1
         self.ckpt.succeeded.append(index)
@@ -102,22 +106,23 @@ class BatchBook:
             self.retry.append(ref)
 
     def out_of_memory(self, chunk: list[BatchRef], err: tuple) -> None:
-        """The chunk's worker was killed for its memory; raises OutOfMemory past the budget."""
+        """The chunk's worker was killed for its memory; raises OutOfMemory past the budget.
+
+        Only a suspect that ran alone on the whole job is certainly the culprit and is charged;
+        every other batch of a lost chunk becomes a suspect and reruns alone.
+        """
         self.state.lost += len(chunk)
-        if len(chunk) > 1:
-            self._suspects.update(ref.index for ref in chunk)
-            self.retry.extend(chunk)
-            return
-        [ref] = chunk
-        ooms = self._ooms.get(ref.index, 0) + 1
-        self._ooms[ref.index] = ooms
-        if ooms > self.max_ooms:
-            raise OutOfMemory(
-                f"batch {batch_id_for(self.job_id, ref.index)} ran its worker out of memory "
-                f"{ooms} times: {err[1]}"
-            )
-        self._suspects.add(ref.index)
-        self.retry.append(ref)
+        if len(chunk) == 1 and chunk[0].index in self._suspects:
+            [ref] = chunk
+            ooms = self._ooms.get(ref.index, 0) + 1
+            self._ooms[ref.index] = ooms
+            if ooms > self.max_ooms:
+                raise OutOfMemory(
+                    f"batch {batch_id_for(self.job_id, ref.index)} ran its worker out of memory "
+                    f"{ooms + 1} times: {err[1]}"
+                )
+        self._suspects.update(ref.index for ref in chunk)
+        self.retry.extendleft(reversed(chunk))
 
     def dead_letter(self, ref: BatchRef, err: tuple) -> None:
         kind, message, tb = err

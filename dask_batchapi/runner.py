@@ -72,7 +72,7 @@ def _run_job(store: JobStore, api_name: str, job_id: str, cluster: Any) -> JobSt
     api = store.get_api(api_name)
     state = JobState.from_dict(store.read_state(api_name, job_id))
     state.run += 1
-    state.status = JobStatus.ENQUEUING.value
+    state.move_to(JobStatus.ENQUEUING)
     state.heartbeat = time.time()
     state.driver = {"host": socket.gethostname(), "pid": os.getpid()}
     store.write_state(api_name, job_id, state.to_dict())
@@ -109,8 +109,11 @@ def _run_job(store: JobStore, api_name: str, job_id: str, cluster: Any) -> JobSt
                 indexer.wait = driver.tick
             return driver.run()
     except Exception as exc:  # noqa: BLE001 - the job must end in a final status
+        if state.job_status.is_terminal:  # e.g. closing the cluster failed after the end
+            logger.warning("job %s ended %s; then: %s", job_id, state.status, exc)
+            return state.job_status
         logger.exception("job %s could not run", job_id)
-        state.status = JobStatus.UNEXPECTED_ERROR.value
+        state.move_to(JobStatus.UNEXPECTED_ERROR)
         state.error = {"type": type(exc).__name__, "message": str(exc), "reason": "driver"}
         state.end_time = utcnow_iso()
         store.write_state(api_name, job_id, state.to_dict())

@@ -109,6 +109,8 @@ class JobDriver:
         self._interval = float(config.get("checkpoint-interval"))
         self.workers: list[str] = []
         self._restrict = False
+        self._suspect_running = False
+        self._no_workers_since: float | None = None
         self._removals: queue.SimpleQueue = queue.SimpleQueue()
         self._counted_losses: set[str] = set()
         self._restrictions: dict[str, set[str]] = {}
@@ -137,7 +139,7 @@ class JobDriver:
 
     # -- phases -------------------------------------------------------------------------------
     def _start(self) -> None:
-        self.state.status = JobStatus.ENQUEUING.value
+        self.state.move_to(JobStatus.ENQUEUING)
         self.state.start_time = self.state.start_time or utcnow_iso()
         self.state.driver = {"host": socket.gethostname(), "pid": os.getpid()}
         self.state.dashboard_link = getattr(self.client, "dashboard_link", None)
@@ -146,10 +148,11 @@ class JobDriver:
         self._watch_worker_removals()
         self._refresh_workers()
         self.log.info(f"job started on {len(self.workers)} worker(s)")
-        self.state.status = JobStatus.RUNNING.value
+        self.state.move_to(JobStatus.RUNNING)
         self._checkpoint()
 
     def _dispatch_until_drained(self) -> None:
+        self.tick()  # a deadline may have passed, or a stop come, while the cluster started
         while True:
             self._fill_window()
             if not self._inflight and self._source_done and not self.book.retry:
@@ -181,7 +184,7 @@ class JobDriver:
     def _finish(self, status: JobStatus, error: dict | None = None) -> None:
         self._cancel_all()
         self._unsubscribe()
-        self.state.status = status.value
+        self.state.move_to(status)
         self.state.error = error
         self.state.in_flight = 0
         self.state.end_time = utcnow_iso()
@@ -195,11 +198,14 @@ class JobDriver:
     # -- the window ---------------------------------------------------------------------------
     def _fill_window(self) -> None:
         limit = max(1, len(self.workers)) * self._prefetch
-        while len(self._inflight) < limit:
+        while len(self._inflight) < limit and not self._suspect_running:
+            if self.book.suspect_next() and self._inflight:
+                return  # a memory suspect runs alone on the whole job, so blame is certain
             chunk = self._next_chunk(self._chunk_size())
             if not chunk:
                 return
             self._submit(chunk)
+            self._suspect_running = len(chunk) == 1 and self.book.is_suspect(chunk[0].index)
 
     def _chunk_size(self) -> int:
         if self._avg_batch is None:
@@ -251,6 +257,11 @@ class JobDriver:
     # -- outcomes -----------------------------------------------------------------------------
     def _handle(self, futures: list[Future]) -> None:
         entries = [self._inflight.pop(f.key) for f in futures if f.key in self._inflight]
+        if entries and self._suspect_running:
+            self._suspect_running = any(
+                len(c) == 1 and self.book.is_suspect(c[0].index)
+                for _, c, _ in self._inflight.values()
+            )
         for f in futures:
             self._restrictions.pop(f.key, None)
             if f.status == "finished":
@@ -367,12 +378,28 @@ class JobDriver:
                 JobStatus.TIMED_OUT, {"type": "Timeout", "reason": "timeout", "message": message}
             )
         self._note_removals()
+        self._check_workers(now)
         if now >= self._next_checkpoint:
             if self.store.stop_requested(self.api_name, self.job_id):
                 self.log.info("stop requested")
                 raise JobEnded(JobStatus.STOPPED)
             self._refresh_workers()
             self._checkpoint()
+
+    def _check_workers(self, now: float) -> None:
+        """A job whose workers are all gone and none came back cannot finish: end it."""
+        if self.workers:
+            self._no_workers_since = None
+            return
+        self._no_workers_since = self._no_workers_since or now
+        waited = now - self._no_workers_since
+        if waited > float(config.get("no-workers-timeout")):
+            message = f"no worker for {waited:.0f} s: the cluster lost all its workers"
+            self.log.error(message)
+            raise JobEnded(
+                JobStatus.WORKER_ERROR,
+                {"type": "NoWorkers", "reason": "no_workers", "message": message},
+            )
 
     def _checkpoint(self) -> None:
         self.state.heartbeat = time.time()

@@ -39,13 +39,14 @@ class JobStatus(str, Enum):
 _ACTIVE = frozenset({JobStatus.PENDING, JobStatus.ENQUEUING, JobStatus.RUNNING})
 _FINAL_FROM_ACTIVE = frozenset(JobStatus) - _ACTIVE
 
-#: Every legal transition. ``resume`` may reopen any non-successful final status.
+#: Every legal transition. ``resume`` reopens an interrupted job (its driver died while
+#: enqueuing or running) or any non-successful final status as ``pending``.
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.PENDING: frozenset({JobStatus.ENQUEUING}) | _FINAL_FROM_ACTIVE,
-    JobStatus.ENQUEUING: frozenset({JobStatus.RUNNING}) | _FINAL_FROM_ACTIVE,
-    JobStatus.RUNNING: _FINAL_FROM_ACTIVE,
+    JobStatus.ENQUEUING: frozenset({JobStatus.RUNNING, JobStatus.PENDING}) | _FINAL_FROM_ACTIVE,
+    JobStatus.RUNNING: frozenset({JobStatus.PENDING}) | _FINAL_FROM_ACTIVE,
     **{
-        s: frozenset({JobStatus.ENQUEUING})
+        s: frozenset({JobStatus.PENDING})
         for s in _FINAL_FROM_ACTIVE
         if s not in (JobStatus.SUCCEEDED,)
     },
@@ -109,6 +110,13 @@ class JobState:
     def job_status(self) -> JobStatus:
         return JobStatus(self.status)
 
+    def move_to(self, new: JobStatus) -> None:
+        """Change the status; an illegal transition is a bug and raises ValueError."""
+        old = self.job_status
+        if new is not old and not can_transition(old, new):
+            raise ValueError(f"illegal job status transition {old.value} -> {new.value}")
+        self.status = new.value
+
 
 _RECORD_HIDDEN = ("submission", "retry_refs")
 
@@ -124,11 +132,19 @@ def is_interrupted(record: dict, state: JobState, now: float, heartbeat_timeout:
 
 
 def status_document(
-    record: dict, state: JobState, api_spec: dict, *, now: float, heartbeat_timeout: float
+    record: dict,
+    state: JobState,
+    api_spec: dict,
+    *,
+    now: float,
+    heartbeat_timeout: float,
+    driver_dead: bool = False,
 ) -> dict:
     """Cortex's status document: ``{"job_status": {...}, "api_spec": {...}}`` (extended)."""
     attempts = state.attempts_timed
-    interrupted = is_interrupted(record, state, now, heartbeat_timeout)
+    interrupted = is_interrupted(record, state, now, heartbeat_timeout) or (
+        driver_dead and not state.job_status.is_terminal
+    )
     job = {k: v for k, v in record.items() if k not in _RECORD_HIDDEN}
     job.update(
         status=state.status,

@@ -94,7 +94,9 @@ class Submission:
 
     def to_dict(self) -> dict:
         """Return the submission as Cortex's JSON (what :func:`parse_submission` reads)."""
-        source = dataclasses.asdict(self.source)
+        # shallow on purpose: asdict() would deep-copy every item of a large item_list
+        fields = dataclasses.fields(self.source)
+        source = {f.name: getattr(self.source, f.name) for f in fields}
         source = {k: list(v) if isinstance(v, tuple) else v for k, v in source.items()}
         data: dict[str, Any] = {self.source_kind: source, "workers": self.workers}
         data["config"] = copy.deepcopy(self.config)

@@ -22,6 +22,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -75,11 +76,16 @@ def _lab_env(home: Path) -> dict[str, str]:
             }
         )
     )
-    settings = home / "settings" / "@jupyterlab" / "apputils-extension"
-    settings.mkdir(parents=True)
+    settings = home / "settings" / "@jupyterlab"
     # No news or update checks: nothing leaves the machine, no toast over the notebook.
-    (settings / "notification.jupyterlab-settings").write_text(
-        json.dumps({"fetchNews": "false", "checkForUpdates": False})
+    _write_settings(
+        settings / "apputils-extension" / "notification.jupyterlab-settings",
+        {"fetchNews": "false", "checkForUpdates": False},
+    )
+    # Start the notebook's kernel at once (instead of asking in a "Select Kernel" dialog).
+    _write_settings(
+        settings / "notebook-extension" / "tracker.jupyterlab-settings",
+        {"autoStartDefaultKernel": True},
     )
     env.update(
         JUPYTER_CONFIG_DIR=str(home / "config"),
@@ -92,6 +98,11 @@ def _lab_env(home: Path) -> dict[str, str]:
         PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     )
     return env
+
+
+def _write_settings(path: Path, values: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(values))
 
 
 def _wait_until_up(url: str, process: subprocess.Popen, log: Path, timeout: float = 60) -> None:
@@ -109,9 +120,35 @@ def _wait_until_up(url: str, process: subprocess.Popen, log: Path, timeout: floa
     raise RuntimeError(f"JupyterLab did not start: {log.read_text(errors='replace')[-3000:]}")
 
 
+@dataclass(frozen=True)
+class Lab:
+    """A running JupyterLab server."""
+
+    base: str
+    token: str
+
+    def api(self, path: str) -> str:
+        return f"{self.base}/api/{path}?token={self.token}"
+
+    @property
+    def notebook_url(self) -> str:
+        return f"{self.base}/lab/tree/01-quickstart.ipynb?token={self.token}"
+
+    def wait_for_connected_kernel(self, timeout: float = 60) -> None:
+        """Until the notebook's kernel is idle with the page connected to it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(self.api("sessions"), timeout=5) as answer:
+                kernels = [s["kernel"] for s in json.load(answer)]
+            if any(k["execution_state"] == "idle" and k["connections"] > 0 for k in kernels):
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"no connected, idle kernel after {timeout} s: {kernels}")
+
+
 @pytest.fixture
 def lab(tmp_path):
-    """JupyterLab on 127.0.0.1 with a token; yields the quickstart notebook's URL."""
+    """JupyterLab on 127.0.0.1 with a token, serving a copy of the quickstart."""
     root = tmp_path / "root"
     (root / "examples").mkdir(parents=True)
     shutil.copytree(ROOT / "examples" / "word-count", root / "examples" / "word-count")
@@ -137,9 +174,9 @@ def lab(tmp_path):
             command, cwd=root, env=_lab_env(tmp_path / "jupyter"), stdout=out, stderr=out
         )
     try:
-        base = f"http://127.0.0.1:{port}"
-        _wait_until_up(f"{base}/api/status?token={token}", process, log)
-        yield f"{base}/lab/tree/01-quickstart.ipynb?token={token}"
+        server = Lab(f"http://127.0.0.1:{port}", token)
+        _wait_until_up(server.api("status"), process, log)
+        yield server
     finally:
         process.terminate()  # the server shuts its kernels down on SIGTERM
         try:
@@ -149,6 +186,7 @@ def lab(tmp_path):
             process.wait()
 
 
+@pytest.mark.timeout(300)
 def test_quickstart_runs_in_jupyterlab_and_shows_the_finished_widget(lab):
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(
@@ -156,10 +194,9 @@ def test_quickstart_runs_in_jupyterlab_and_shows_the_finished_widget(lab):
         )
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(lab)
+            page.goto(lab.notebook_url)
             page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=60_000)
-            idle = page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']")
-            idle.first.wait_for(timeout=60_000)  # the kernel is up
+            lab.wait_for_connected_kernel()  # Run All before that runs nothing
 
             page.get_by_role("menuitem", name="Run", exact=True).click()
             page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
@@ -179,10 +216,10 @@ def test_quickstart_runs_in_jupyterlab_and_shows_the_finished_widget(lab):
             assert bar["width"] == pytest.approx(track["width"], abs=1)  # drawn full, green
             # The last cell's output (the API and its jobs) is there: the run is over.
             page.locator("table", has_text="succeeded").last.wait_for(timeout=30_000)
-            idle.first.wait_for(timeout=30_000)
 
             widget.scroll_into_view_if_needed()
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SCREENSHOT))
+            assert SCREENSHOT.stat().st_size > 10_000
         finally:
             browser.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ import dask_batchapi as batchapi
 from dask_batchapi.cluster import (
     LocalBackend,
     backend_for,
+    check_address,
     eligible_workers,
     format_resources,
     missing_resources,
@@ -100,7 +102,10 @@ def test_backend_for_names_every_target():
 def test_embedded_cluster_gives_each_worker_the_configured_resources_and_memory():
     compute = {"cpu": 2.0, "gpu": 1, "mem": 512 * 2**20}
     with dask.config.set({"batchapi.local.resources": "GPU=1"}):
-        with LocalBackend(2, compute) as client:
+        backend = LocalBackend(2, compute)
+        started = backend.start()  # the runner starts it first, then uses it as a context
+        with backend as client:
+            assert client is started
             workers = client.scheduler_info(n_workers=-1)["workers"]
             assert len(workers) == 2  # exactly `workers` processes
             assert {w["resources"]["GPU"] for w in workers.values()} == {1}
@@ -109,13 +114,23 @@ def test_embedded_cluster_gives_each_worker_the_configured_resources_and_memory(
             assert missing_resources(client, task_resources(compute)) is None
             future = client.submit(where, resources=task_resources(compute), pure=False)
             assert future.result(timeout=20) in workers
+        assert backend.client is None and backend.cluster is None  # closed
 
 
-def test_no_workers_yet_is_not_missing():
+def test_no_workers_yet_is_not_missing_and_the_submit_check_handshakes():
     """An adaptive cluster scaling up from zero: wait for workers, as Dask does."""
     with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as cluster:
         with cluster.get_client() as client:
             assert missing_resources(client, {"GPU": 1}) is None
+        check_address(cluster.scheduler_address)  # a real Dask handshake: no error
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = f"tcp://127.0.0.1:{sock.getsockname()[1]}"
+    with pytest.raises(ClusterError, match=f"cannot reach the scheduler at {closed}: ") as err:
+        check_address(closed, timeout=1)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ClusterError, match="distributed.comm.tls.ca-file"):
+        check_address("tls://127.0.0.1:1")  # no TLS settings: said before any connection
 
 
 def test_gpu_tasks_run_only_on_gpu_workers(tmp_path):
@@ -188,24 +203,27 @@ GPU_SPEC = """
 """
 
 
-@pytest.fixture
-def gpu_api(tmp_path, store_dir, monkeypatch):
-    # a loaded machine may take > 10 s to start a LocalCluster, while the driver cannot beat
-    monkeypatch.setitem(dask.config.config["batchapi"], "heartbeat-timeout", 60.0)
-    client = batchapi.client(store=str(store_dir))
-    client.deploy(write_project(tmp_path / "proj", GPU_HANDLER, GPU_SPEC))
-    return client
+@pytest.fixture(scope="module")
+def gpu_api(tmp_path_factory):
+    """The GPU API deployed once; its jobs run in detached drivers with embedded clusters."""
+    tmp = tmp_path_factory.mktemp("gpu-api")
+    client = batchapi.client(store=str(tmp / "store"))
+    client.deploy(write_project(tmp / "proj", GPU_HANDLER, GPU_SPEC))
+    # a loaded machine can take > 10 s to start a LocalCluster, during which a driver without
+    # the runner's start-up heartbeat looks dead to this reader
+    with dask.config.set({"batchapi.heartbeat-timeout": 60.0}):
+        yield client
 
 
 def test_gpu_job_runs_on_an_embedded_cluster_that_declares_gpus(gpu_api, tmp_path, monkeypatch):
     monkeypatch.setenv("DASK_BATCHAPI__LOCAL__RESOURCES", "GPU=1")  # for the detached driver
     out = tmp_path / "out"
-    submission = {"workers": 2, "item_list": {"items": list(range(6)), "batch_size": 2},
+    submission = {"workers": 1, "item_list": {"items": list(range(4)), "batch_size": 2},
                   "output": str(out)}  # fmt: skip
     job = gpu_api.submit("gpu-api", submission, cluster="local")
     assert job.wait(timeout=60) == "succeeded", job.status["job_status"]["error"]
     values = [json.loads(p.read_text()) for p in (out / job.job_id).iterdir()]
-    assert len(values) == 3 and all(v["resources"] == {"GPU": 1} for v in values)
+    assert len(values) == 2 and all(v["resources"] == {"GPU": 1} for v in values)
 
 
 def test_gpu_job_without_gpu_workers_ends_at_once_with_a_clear_error(gpu_api):
@@ -216,3 +234,4 @@ def test_gpu_job_without_gpu_workers_ends_at_once_with_a_clear_error(gpu_api):
     assert status not in ("succeeded", "completed_with_failures")
     error = job.status["job_status"]["error"]
     assert "no worker of the cluster has the resources GPU=1" in error["message"]
+    assert job.status["job_status"]["batch_metrics"]["succeeded"] == 0

@@ -57,6 +57,7 @@ KUBE_VERSION = kubernetes_validate.utils.latest_version()
 OBJECT_META = "https://kubernetes.io/api/_definitions.json#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"  # noqa: E501
 DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 IMAGE = "registry.example.com/dask-batchapi:0.1.0"
+HANDLER = "class Handler:\n    def handle_batch(self, payload):\n        return payload\n"
 EXAMPLE_CONFIG = {
     "batchapi.kubernetes.image": IMAGE,
     "batchapi.kubernetes.secret": "dask-batchapi-s3",
@@ -275,7 +276,7 @@ def test_adaptive_cluster_and_config_extras_are_valid(example_config):
         "batchapi.kubernetes.image-pull-policy": "IfNotPresent",
         "batchapi.kubernetes.env": {"OMP_NUM_THREADS": 1},
         "batchapi.kubernetes.worker-resources": {"limits": {"cpu": 2}},
-        "batchapi.kubernetes.scheduler-resources": {"requests": {"cpu": "500m"}},
+        "batchapi.kubernetes.scheduler-resources": {"requests": {"cpu": 1, "memory": "1Gi"}},
         "batchapi.kubernetes.pod-spec": {"imagePullSecrets": [{"name": "registry"}]},
         "batchapi.kubernetes.worker-pod-spec": {
             "nodeSelector": {"cloud.google.com/gke-accelerator": "nvidia-l4"},
@@ -316,6 +317,12 @@ def test_the_driver_job_is_valid_and_runs_the_runner(example_config, monkeypatch
     assert inherited["kubernetes"]["image"] == IMAGE
     assert inherited["storage-options"] == {"client_kwargs": {"endpoint_url": "http://s3:9000"}}
     assert "AKIA-SECRET" not in json.dumps(job)  # credentials never travel in a manifest
+    # a process with the pod's env sees the submitter's settings (dask reads the variable)
+    values = {name: e["value"] for name, e in env.items() if "value" in e}
+    code = "from dask_batchapi import config; print(config.get('kubernetes.image'))"
+    seen = subprocess.run([sys.executable, "-c", code], env={**os.environ, **values},
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert seen.stdout.strip() == IMAGE, seen.stderr[-2000:]
     # the command is the runner's own command line
     from dask_batchapi import runner
 
@@ -548,7 +555,7 @@ def test_submit_to_kubernetes_with_a_local_store_fails_at_submit(tmp_path, store
     from conftest import run_cli, write_json
 
     client = batchapi.client(store=str(store_dir))
-    client.deploy(write_project(tmp_path / "proj", "class Handler:\n    pass\n"))
+    client.deploy(write_project(tmp_path / "proj", HANDLER))
     submission = write_json(tmp_path / "s.json", {"item_list": {"items": [1], "batch_size": 1}})
     env = {"DASK_BATCHAPI__KUBERNETES__IMAGE": IMAGE}
     result = run_cli("submit", "test-api", str(submission), "--cluster", "kubernetes", env=env)

@@ -77,9 +77,7 @@ def kernel_specs(tmp_path_factory) -> KernelSpecManager:
 
 def kernel_env() -> dict[str, str]:
     """This environment, less what would point a notebook at the test session's services."""
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DASK_BATCHAPI"))
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DASK_BATCHAPI"))}
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     return env
 
@@ -118,13 +116,17 @@ def execute(
 # --- reading an executed notebook ----------------------------------------------------------
 
 
-def code_cell(nb, last_line: str):
-    """The one code cell whose source ends with ``last_line``."""
-    [cell] = [
+def code_cells(nb, ending: str) -> list:
+    """The code cells whose last line ends with ``ending`` (``job``: the cells that show it)."""
+    return [
         c
         for c in nb.cells
-        if c.cell_type == "code" and c.source.strip().splitlines()[-1].strip() == last_line
+        if c.cell_type == "code" and c.source.strip().splitlines()[-1].endswith(ending)
     ]
+
+
+def code_cell(nb, ending: str):
+    [cell] = code_cells(nb, ending)
     return cell
 
 
@@ -200,7 +202,7 @@ def final(values: dict) -> dict:
 
 def test_quickstart(kernel_specs):
     nb = execute(kernel_specs, "01-quickstart", after=[SETTLE])
-    first_api, last_api = [c for c in nb.cells if c.source.strip().endswith("\napi") or c.source.strip() == "api"]
+    first_api, last_api = code_cells(nb, "api")
     assert "BatchAPI word-count" in html(first_api)
 
     job = widget(nb, code_cell(nb, "job"))
@@ -210,11 +212,11 @@ def test_quickstart(kernel_specs):
     metrics = result(code_cell(nb, "job.metrics"))
     assert (metrics["succeeded"], metrics["failed"], metrics["dead_lettered"]) == (10, 0, 0)
     assert "10 parts, 40 rows" in text(code_cell(nb, "rows[:3]"))
-    logs = text(code_cell(nb, 'print(line["asctime"], line["levelname"], line["message"], line.get("top", ""))'))
+    logs = text(code_cell(nb, 'line.get("top", ""))'))
     assert "job done: top words" in logs and "job ended: succeeded" in logs
 
     # Re-attached from the store: the same job, the same final widget.
-    reattached = widget(nb, code_cell(nb, 'batchapi.get_job("word-count", job.job_id, store=store)'))
+    reattached = widget(nb, code_cell(nb, "store=store)"))
     assert final(reattached) == succeeded(10)
     assert reattached["job_id"] == job["job_id"]
     listing = html(last_api)
@@ -223,9 +225,9 @@ def test_quickstart(kernel_specs):
 
 def test_s3_delimited_files(kernel_specs):
     nb = execute(kernel_specs, "02-s3-delimited-files", after=[SETTLE])
-    started = text(code_cell(nb, 'print("S3 server at", endpoint)'))
+    started = text(code_cell(nb, "endpoint)"))
     assert re.search(r"S3 server at http://127\.0\.0\.1:\d+", started)
-    keys = result(code_cell(nb, 'sorted(obj["Key"] for obj in s3.list_objects_v2(Bucket="orders")["Contents"])'))
+    keys = result(code_cell(nb, '["Contents"])'))
     assert keys == ["2026/11/01.jsonl", "2026/11/02.jsonl", "2026/11/03.jsonl"]
 
     # 10 orders in batches of 4, cut across the files: 3 batches.
@@ -243,7 +245,7 @@ def test_s3_delimited_files(kernel_specs):
         5: 42.5,  # the value written over several lines
     }
     assert {t["currency"] for t in totals} == {"EUR"}
-    assert "S3 server stopped:" in text(code_cell(nb, 'print("S3 server stopped:", server.wait(timeout=10))'))
+    assert "S3 server stopped:" in text(code_cell(nb, "server.wait(timeout=10))"))
 
 
 def test_existing_cluster(kernel_specs):
@@ -341,7 +343,8 @@ def test_the_widget_is_final_when_wait_returns(unsettled_quickstart):
 )
 def test_a_reattached_ended_job_shows_its_final_state_at_once(unsettled_quickstart):
     nb = unsettled_quickstart
-    values = json.loads(text(nb.cells[-1]))
+    [printed] = [o.text for o in nb.cells[-1].outputs if o.output_type == "stream"]
+    values = json.loads(printed)
     assert (values.get("label"), values.get("percent")) == ("✓ succeeded", 100)
-    cell = code_cell(nb, 'batchapi.get_job("word-count", job.job_id, store=store)')
+    cell = code_cell(nb, "store=store)")
     assert final(widget(nb, cell)) == succeeded(10)
