@@ -182,10 +182,17 @@ def _tree_cpu() -> float:
 
 # -- processes and memory ----------------------------------------------------------------------
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (ru_maxrss is KiB on Linux)."""
+    """Peak resident set size of this process so far, in MB.
+
+    ``VmHWM`` of /proc/self/status where there is one: ``ru_maxrss`` survives ``exec``, so a
+    child forked from a big parent (this benchmark process) would report the parent's RSS.
+    """
+    own = vm_hwm_mb(os.getpid())
+    if own is not None:
+        return own
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def vm_hwm_mb(pid: int) -> float | None:

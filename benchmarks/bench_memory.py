@@ -4,9 +4,10 @@ Each measurement is a fresh process, at N = small and N = large (batch_size 100,
 
 * in-process driver: a child process starts a LocalCluster (2 workers), deploys a no-op API,
   runs a tiny warm-up job (so imports are not counted), builds ``list(range(N))``, submits with
-  ``cluster=client`` and waits. Peak RSS = ``ru_maxrss`` of that process, which hosts the
-  submitter, the driver thread and the cluster's scheduler (workers are other processes).
-  ``ru_maxrss`` is also read after each phase, to say where growth happens.
+  ``cluster=client`` and waits. Peak RSS = ``VmHWM`` of that process (its RSS high-water mark,
+  /proc/self/status; not ``ru_maxrss``, which a child inherits from its parent across ``exec``),
+  which hosts the submitter, the driver thread and the cluster's scheduler (workers are other
+  processes). The peak is also read after each phase, to say where growth happens.
 * the same with the scheduler in its own process (``SubprocessCluster``): what the submitter and
   the driver alone cost, without the task specs the scheduler unpickles.
 * detached driver (the CLI path): ``dask-batchapi submit`` with a submission file, then the

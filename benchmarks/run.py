@@ -160,7 +160,7 @@ def _report(info, conf, chosen, table, notes, seconds, args) -> str:
             for n, phases in by_size.items():
                 if phases:
                     steps = ", ".join(f"{k} {v:.0f}" for k, v in phases.items())
-                    lines.append(f"  - {label}, {n:,} items — ru_maxrss MB after: {steps}")
+                    lines.append(f"  - {label}, {n:,} items — peak RSS MB after: {steps}")
     lines += ["", "See `benchmarks/README.md` for method and `FINDINGS.md` for analysis.", ""]
     return "\n".join(lines)
 

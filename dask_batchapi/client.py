@@ -198,6 +198,7 @@ class Job:
     def __init__(self, client: BatchClient, api_name: str, job_id: str, driver: Any = None):
         self.client, self.api_name, self.job_id = client, api_name, job_id
         self._driver = driver
+        self._displays: list = []  # live progress displays, brought to their end by wait()
 
     def __repr__(self) -> str:
         return f"<Job {self.api_name}/{self.job_id}: {self.status['job_status']['status']}>"
@@ -217,6 +218,8 @@ class Job:
         while True:
             doc = self.status["job_status"]
             if JobStatus(doc["status"]).is_terminal:
+                for bar in self._displays:
+                    bar.finish(timeout=10)
                 return doc["status"]
             if doc["interrupted"]:
                 raise JobStateError(
@@ -253,6 +256,7 @@ class Job:
 
         bar = progress_widget_or_text(self._poll)
         if hasattr(bar, "_ipython_display_"):
+            self._displays.append(bar)
             bar._ipython_display_()
         else:
             bar.run()

@@ -271,6 +271,7 @@ class ProgressBase:
         self.exception: BaseException | None = None  # what ended a start()ed loop early
         self._last_snapshot: ProgressSnapshot | None = None
         self._stop_event = threading.Event()
+        self._wake = threading.Event()  # poll now instead of after `interval`
         self._thread: threading.Thread | None = None
 
     @property
@@ -287,7 +288,9 @@ class ProgressBase:
     def _loop(self) -> dict:
         doc = self._poll()
         while not self._update(doc).terminal:
-            if self._stop_event.wait(self.interval):
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            if self._stop_event.is_set():
                 return doc
             doc = self._poll()
         final = self._poll()
@@ -311,6 +314,12 @@ class ProgressBase:
     def stop(self) -> None:
         """Ask the loop to end after its current poll, without a final draw."""
         self._stop_event.set()
+        self._wake.set()
+
+    def finish(self, timeout: float | None = 10) -> bool:
+        """Poll now and wait until a :meth:`start`-ed loop has drawn the final state."""
+        self._wake.set()
+        return self.join(timeout)
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for a :meth:`start`-ed loop; True if it has ended."""

@@ -307,6 +307,10 @@ class WidgetProgress(ProgressBase):
     def _ipython_display_(self, **kwargs) -> None:
         from IPython.display import display
 
+        if self._update(self._poll()).terminal:  # an ended job: draw it final, no thread
+            self.run()
+            display(self.widget, **kwargs)
+            return
         display(self.widget, **kwargs)
         self.start()
 

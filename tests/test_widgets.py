@@ -415,7 +415,7 @@ def test_in_a_kernel_the_widget_is_displayed_and_updated_from_its_thread():
     nb = nbformat.v4.new_notebook()
     nb.cells = [
         nbformat.v4.new_code_cell(_NOTEBOOK_CODE.format(root=root)),
-        nbformat.v4.new_code_cell("assert progress.join(10), progress.exception"),
+        nbformat.v4.new_code_cell("assert progress.join(30), progress.exception"),
     ]
     nbclient.NotebookClient(nb, timeout=60, store_widget_state=True).execute()
     outputs = nb.cells[0].outputs
