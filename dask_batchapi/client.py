@@ -92,7 +92,7 @@ class BatchClient:
         parsed = submission if isinstance(submission, Submission) else parse_submission(submission)
         parsed = jobs.with_workers(parsed, workers)
         target = self._target(cluster)
-        jobs.check_cluster(target)
+        jobs.check_cluster(target, self.store.url, jobs.data_urls(parsed))
         record = jobs.create_job(self.store, api, parsed, target)
         driver = jobs.start_job(self.store, record, target)
         return Job(self, api_name, record["job_id"], driver=driver)
@@ -127,7 +127,7 @@ class BatchClient:
         target = cluster if cluster is not None else self.cluster
         target = target if target is not None else record.get("cluster", "local")
         target = "local" if target == "client" and cluster is None else target
-        jobs.check_cluster(target)
+        jobs.check_cluster(target, self.store.url, jobs.data_urls(jobs.submission_of(record)))
         driver = jobs.start_job(self.store, record, target)
         return Job(self, api_name, job_id, driver=driver)
 

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -177,29 +178,32 @@ def is_detachable(target: Any) -> bool:
     return target is None or isinstance(target, str)
 
 
-def check_cluster(target: Any) -> None:
-    """Reject a cluster target that cannot work, before anything is written (one line)."""
+def check_cluster(target: Any, store_url: str | None = None, urls: Sequence[str] = ()) -> None:
+    """Reject a cluster target that cannot work, before anything is written (one line).
+
+    ``urls``: the job's inputs and output; on Kubernetes they, and the store, must be shared.
+    """
     if not isinstance(target, str) or target == "local":
         return
     if target == "kubernetes":
-        raise ClusterError("--cluster kubernetes is not supported by this version yet")
+        from .kubernetes import check_submit
+
+        check_submit(store_url or config.store_url(), urls)
+        return
     if "://" not in target and ":" not in target:
         raise ClusterError(
             f"unknown cluster {target!r}: use local, a scheduler address (tcp://host:8786) "
             "or kubernetes"
         )
-    _check_reachable(target)
+    from .cluster import check_address
+
+    check_address(target)  # a Dask handshake, TLS included: a missing certificate fails here
 
 
-def _check_reachable(address: str, timeout: float = 5.0) -> None:
-    """A plain TCP connect to the scheduler, so a typo fails at submit, not in the driver."""
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = hostport.rpartition(":")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            pass
-    except (OSError, ValueError) as exc:
-        raise ClusterError(f"cannot reach the scheduler at {address}: {exc}") from None
+def data_urls(submission: Submission) -> list[str]:
+    """The job's input prefixes and output location."""
+    urls = list(getattr(submission.source, "s3_paths", None) or ())
+    return urls + ([submission.output] if submission.output else [])
 
 
 def known_total(submission: Submission, files: list[str] | None) -> int | None:
@@ -228,9 +232,14 @@ def launch_in_thread(store: JobStore, api_name: str, job_id: str, cluster: Any) 
 def start_job(store: JobStore, record: dict, cluster: Any) -> Any:
     """Start the driver of a job record, detached when the cluster allows it."""
     api_name, job_id = record["api_name"], record["job_id"]
-    if is_detachable(cluster):
-        return launch_detached(store, api_name, job_id, config.cluster_target(cluster))
-    return launch_in_thread(store, api_name, job_id, cluster)
+    if not is_detachable(cluster):
+        return launch_in_thread(store, api_name, job_id, cluster)
+    target = config.cluster_target(cluster)
+    if target == "kubernetes":  # the driver runs in a pod: the job outlives this machine
+        from .kubernetes import launch_driver
+
+        return launch_driver(store.url, api_name, job_id)
+    return launch_detached(store, api_name, job_id, target)
 
 
 def submission_of(record: dict) -> Submission:
@@ -260,7 +269,15 @@ def job_status(store: JobStore, api_name: str, job_id: str) -> dict:
         now=time.time(),
         heartbeat_timeout=float(config.get("heartbeat-timeout")),
         driver_dead=_driver_alive(state) is False,
+        start_timeout=_start_timeout(record),
     )
+
+
+def _start_timeout(record: dict) -> float:
+    """How long a job may wait for its driver's first heartbeat (a pod must be scheduled)."""
+    if record.get("cluster") == "kubernetes":
+        return float(config.get("kubernetes.driver.start-timeout"))
+    return 0.0
 
 
 def stop_job(store: JobStore, api_name: str, job_id: str) -> None:

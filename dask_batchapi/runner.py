@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from . import config
-from .cluster import backend_for
+from .cluster import backend_for, task_resources
 from .enqueue import batch_refs
 from .jobs import job_spec_for, known_total, submission_of
 from .ledger import load_final
@@ -85,8 +85,9 @@ def _run_job(store: JobStore, api_name: str, job_id: str, cluster: Any) -> JobSt
     files = store.get_listing(api_name, job_id)
     if state.total_batch_count is None:
         state.total_batch_count = known_total(submission, files)
+    compute = api["spec"].get("compute")
     try:
-        with backend_for(cluster, submission.workers, api["spec"].get("compute")) as client:
+        with backend_for(cluster, submission.workers, compute, job=record) as client:
             refs, indexer = batch_refs(
                 submission,
                 record,
@@ -104,6 +105,7 @@ def _run_job(store: JobStore, api_name: str, job_id: str, cluster: Any) -> JobSt
                 client,
                 state=state,
                 skip=final or (),
+                resources=task_resources(compute),
             )
             if indexer is not None:
                 indexer.wait = driver.tick

@@ -32,6 +32,7 @@ from typing import Any
 from distributed import Client, Future
 
 from . import config
+from .cluster import eligible_workers, missing_resources
 from .driverlog import DriverLog
 from .errors import SourceError
 from .ledger import Checkpointer
@@ -76,8 +77,10 @@ class JobDriver:
         *,
         state: JobState,
         skip: Any = (),
+        resources: dict | None = None,
     ):
         self.store, self.record, self.client = store, record, client
+        self.resources = resources  # Dask resources of every batch task (compute.gpu -> GPU)
         self.api_name, self.job_id = record["api_name"], record["job_id"]
         self.plugin = JobPlugin(context, archive)
         self.state = state
@@ -146,6 +149,13 @@ class JobDriver:
         self._checkpoint()
         self.client.register_plugin(self.plugin, name=self.plugin.name)
         self._watch_worker_removals()
+        problem = missing_resources(self.client, self.resources)
+        if problem:
+            self.log.error(problem)
+            raise JobEnded(
+                JobStatus.WORKER_ERROR,
+                {"type": "MissingResources", "message": problem, "reason": "resources"},
+            )
         self._refresh_workers()
         self.log.info(f"job started on {len(self.workers)} worker(s)")
         self.state.move_to(JobStatus.RUNNING)
@@ -167,6 +177,7 @@ class JobDriver:
             run_complete_task,
             self.plugin.name,
             pure=False,
+            resources=self.resources,
             allow_other_workers=True,
             workers=[self._last_worker] if self._last_worker else None,
         )
@@ -236,7 +247,9 @@ class JobDriver:
 
     def _submit(self, chunk: list[BatchRef]) -> None:
         where = {"workers": list(self.workers)} if self._restrict else {}
-        future = self.client.submit(run_chunk_task, self.plugin.name, chunk, pure=False, **where)
+        future = self.client.submit(
+            run_chunk_task, self.plugin.name, chunk, pure=False, resources=self.resources, **where
+        )
         self._inflight[future.key] = (future, chunk, time.time())
         if self._restrict:
             self._restrictions[future.key] = set(self.workers)
@@ -413,7 +426,8 @@ class JobDriver:
         Tasks carry worker restrictions only when the cluster has more workers than the job
         may use: a task restricted to workers that all died would wait forever.
         """
-        alive = sorted(self.client.scheduler_info(n_workers=-1).get("workers", {}))
+        info = self.client.scheduler_info(n_workers=-1).get("workers", {})
+        alive = eligible_workers(info, self.resources)  # sorted; all of them without resources
         wanted = int(self.record["submission"].get("workers", 1))
         keep = [w for w in self.workers if w in alive]
         keep += [w for w in alive if w not in keep][: max(0, wanted - len(keep))]

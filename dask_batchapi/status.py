@@ -121,13 +121,21 @@ class JobState:
 _RECORD_HIDDEN = ("submission", "retry_refs")
 
 
-def is_interrupted(record: dict, state: JobState, now: float, heartbeat_timeout: float) -> bool:
+def is_interrupted(
+    record: dict, state: JobState, now: float, heartbeat_timeout: float, start_timeout: float = 0.0
+) -> bool:
     """True when the job looks active but its driver stopped beating (died)."""
     if state.job_status.is_terminal:
         return False
     last = state.heartbeat or parse_iso(record.get("created_time")) or now
-    # a runner needs a few seconds to start before its first heartbeat
-    grace = heartbeat_timeout if state.heartbeat else 3 * heartbeat_timeout
+    # a runner needs a few seconds to start before its first heartbeat; a driver pod (a
+    # Kubernetes job, also when resumed: pending again) may need minutes to be scheduled
+    if not state.heartbeat:
+        grace = max(3 * heartbeat_timeout, start_timeout)
+    elif start_timeout and state.job_status is JobStatus.PENDING:
+        grace = start_timeout
+    else:
+        grace = heartbeat_timeout
     return now - last > grace
 
 
@@ -139,10 +147,11 @@ def status_document(
     now: float,
     heartbeat_timeout: float,
     driver_dead: bool = False,
+    start_timeout: float = 0.0,
 ) -> dict:
     """Cortex's status document: ``{"job_status": {...}, "api_spec": {...}}`` (extended)."""
     attempts = state.attempts_timed
-    interrupted = is_interrupted(record, state, now, heartbeat_timeout) or (
+    interrupted = is_interrupted(record, state, now, heartbeat_timeout, start_timeout) or (
         driver_dead and not state.job_status.is_terminal
     )
     job = {k: v for k, v in record.items() if k not in _RECORD_HIDDEN}

@@ -154,17 +154,22 @@ def test_example_project_runs(tmp_path, store_dir):
 
 def test_retry_runs_only_dead_lettered_batches(tmp_path, store_dir):
     flag = tmp_path / "fixed"
-    project = write_project(tmp_path / "p", f"""
+    project = write_project(
+        tmp_path / "p",
+        f"""
         import os
         class Handler:
             def handle_batch(self, payload):
                 if 7 in payload and not os.path.exists({str(flag)!r}):
                     raise ValueError("seven")
                 return payload
-        """, name="retryable")
+        """,
+        name="retryable",
+    )
     api = batchapi.deploy(project)
-    job = api.submit({"item_list": {"items": list(range(10)), "batch_size": 3},
-                      "output": str(tmp_path / "out")})
+    job = api.submit(
+        {"item_list": {"items": list(range(10)), "batch_size": 3}, "output": str(tmp_path / "out")}
+    )
     assert job.wait(timeout=60) == "completed_with_failures"
     flag.write_text("now it works")
     retry = job.retry()

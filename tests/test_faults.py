@@ -56,12 +56,17 @@ def marking_api(tmp_path, store_dir):
 def test_worker_sigkilled_three_times_loses_nothing(marking_api, tmp_path):
     marks = tmp_path / "marks"
     marks.mkdir()
-    job = marking_api.submit({
-        "workers": 2, "item_list": {"items": list(range(150)), "batch_size": 1},
-        "config": {"marks": str(marks), "sleep": 0.05}, "output": str(tmp_path / "out"),
-    })
+    job = marking_api.submit(
+        {
+            "workers": 2,
+            "item_list": {"items": list(range(150)), "batch_size": 1},
+            "config": {"marks": str(marks), "sleep": 0.05},
+            "output": str(tmp_path / "out"),
+        }
+    )
     killed: set[int] = set()
     for round_ in range(3):
+
         def victim(round_=round_):
             calls = _calls(marks)
             pids = [p for _, p, _ in calls[-4:] if p not in killed and psutil.pid_exists(p)]
@@ -85,10 +90,13 @@ def test_worker_sigkilled_three_times_loses_nothing(marking_api, tmp_path):
 def test_driver_sigkilled_then_resumed(marking_api, tmp_path):
     marks = tmp_path / "marks"
     marks.mkdir()
-    job = marking_api.submit({
-        "workers": 2, "item_list": {"items": list(range(120)), "batch_size": 1},
-        "config": {"marks": str(marks), "sleep": 0.1},
-    })
+    job = marking_api.submit(
+        {
+            "workers": 2,
+            "item_list": {"items": list(range(120)), "batch_size": 1},
+            "config": {"marks": str(marks), "sleep": 0.1},
+        }
+    )
     _wait_for(lambda: len(_calls(marks)) >= 30, 60, "30 batches to run")
     driver_pid = job.status["job_status"].get("driver_pid") or _driver_pid(job)
     driver = psutil.Process(driver_pid)
@@ -96,8 +104,11 @@ def test_driver_sigkilled_then_resumed(marking_api, tmp_path):
     os.kill(driver_pid, signal.SIGKILL)
     killed_at = time.time()
     # the job's worker processes die with the process that hosted them
-    _wait_for(lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE
-                              for c in children), 30, "the workers to exit")
+    _wait_for(
+        lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children),
+        30,
+        "the workers to exit",
+    )
     before = {b for b, _, _ in _calls(marks)}
     result = run_cli("resume", "marking", job.job_id, "--wait")
     assert result.returncode == 0, result.stderr
@@ -126,8 +137,12 @@ def _driver_pid(job) -> int:
 def test_resume_refused_while_driver_alive(marking_api, tmp_path):
     marks = tmp_path / "marks"
     marks.mkdir()
-    job = marking_api.submit({"item_list": {"items": list(range(50)), "batch_size": 1},
-                              "config": {"marks": str(marks), "sleep": 0.2}})
+    job = marking_api.submit(
+        {
+            "item_list": {"items": list(range(50)), "batch_size": 1},
+            "config": {"marks": str(marks), "sleep": 0.2},
+        }
+    )
     _wait_for(lambda: job.status["job_status"]["status"] == "running", 60, "running")
     result = run_cli("resume", "marking", job.job_id)
     assert result.returncode != 0 and "driver is alive" in result.stderr
@@ -138,9 +153,14 @@ def test_resume_refused_while_driver_alive(marking_api, tmp_path):
 def test_job_timeout_cancels_within_seconds(marking_api, tmp_path):
     marks = tmp_path / "marks"
     marks.mkdir()
-    job = marking_api.submit({"workers": 1, "timeout": 3,
-                              "item_list": {"items": list(range(100)), "batch_size": 1},
-                              "config": {"marks": str(marks), "sleep": 0.3}})
+    job = marking_api.submit(
+        {
+            "workers": 1,
+            "timeout": 3,
+            "item_list": {"items": list(range(100)), "batch_size": 1},
+            "config": {"marks": str(marks), "sleep": 0.3},
+        }
+    )
     assert job.wait(timeout=60) == "timed_out"
     status = job.status["job_status"]
     from dask_batchapi.status import parse_iso
@@ -153,21 +173,26 @@ def test_job_timeout_cancels_within_seconds(marking_api, tmp_path):
 
 
 def test_out_of_memory_ends_worker_oom(tmp_path, store_dir):
-    project = write_project(tmp_path / "hog", """
+    project = write_project(
+        tmp_path / "hog",
+        """
         import time
         class Handler:
             def handle_batch(self, payload):
                 if "hog" in payload:
                     hog = b"x" * (700 * 2**20)
                     time.sleep(5)
-        """, spec="""
+        """,
+        spec="""
         name: hog
         kind: BatchAPI
         handler: {type: python, path: handler.py}
         compute: {mem: 400Mi}
-        """)
+        """,
+    )
     job = batchapi.deploy(project).submit(
-        {"workers": 1, "item_list": {"items": ["a", "b", "hog", "c"], "batch_size": 1}})
+        {"workers": 1, "item_list": {"items": ["a", "b", "hog", "c"], "batch_size": 1}}
+    )
     assert job.wait(timeout=120) == "worker_oom"
     status = job.status["job_status"]
     assert status["error"]["reason"] == "out_of_memory"
@@ -189,8 +214,13 @@ STUCK_HANDLER = """
 def test_batch_timeout_fails_stuck_batches(tmp_path, store_dir, monkeypatch):
     monkeypatch.setenv("DASK_BATCHAPI__BATCH_TIMEOUT_GRACE", "1")
     api = batchapi.deploy(write_project(tmp_path / "stuck", STUCK_HANDLER, name="stuck"))
-    job = api.submit({"workers": 1, "batch_timeout": 1,
-                      "item_list": {"items": ["a", "spin", "b", "sleep", "c"], "batch_size": 1}})
+    job = api.submit(
+        {
+            "workers": 1,
+            "batch_timeout": 1,
+            "item_list": {"items": ["a", "spin", "b", "sleep", "c"], "batch_size": 1},
+        }
+    )
     started = time.time()
     assert job.wait(timeout=90) == "completed_with_failures"
     assert time.time() - started < 60
@@ -201,13 +231,17 @@ def test_batch_timeout_fails_stuck_batches(tmp_path, store_dir, monkeypatch):
 
 
 def test_on_job_complete_error_is_worker_error(tmp_path, store_dir):
-    project = write_project(tmp_path / "p", """
+    project = write_project(
+        tmp_path / "p",
+        """
         class Handler:
             def handle_batch(self, payload):
                 pass
             def on_job_complete(self):
                 raise IOError("webhook unreachable")
-        """, name="hook")
+        """,
+        name="hook",
+    )
     job = batchapi.deploy(project).submit({"item_list": {"items": [1, 2], "batch_size": 1}})
     assert job.wait(timeout=60) == "worker_error"
     error = job.status["job_status"]["error"]
@@ -217,9 +251,14 @@ def test_on_job_complete_error_is_worker_error(tmp_path, store_dir):
 def test_stop_from_cli_ends_job_and_no_new_batch_starts(marking_api, tmp_path):
     marks = tmp_path / "marks"
     marks.mkdir()
-    sub = write_json(tmp_path / "s.json", {
-        "workers": 2, "item_list": {"items": list(range(200)), "batch_size": 1},
-        "config": {"marks": str(marks), "sleep": 0.1}})
+    sub = write_json(
+        tmp_path / "s.json",
+        {
+            "workers": 2,
+            "item_list": {"items": list(range(200)), "batch_size": 1},
+            "config": {"marks": str(marks), "sleep": 0.1},
+        },
+    )
     job_id = run_cli("submit", "marking", str(sub)).stdout.split()[0]
     _wait_for(lambda: len(_calls(marks)) >= 5, 60, "batches to run")
     t0 = time.time()
@@ -230,5 +269,7 @@ def test_stop_from_cli_ends_job_and_no_new_batch_starts(marking_api, tmp_path):
     count = len(_calls(marks))
     time.sleep(1.0)
     assert len(_calls(marks)) <= count + 2
-    assert json.loads(run_cli("get", "marking", job_id, "-o", "json").stdout)["job_status"][
-        "status"] == "stopped"
+    assert (
+        json.loads(run_cli("get", "marking", job_id, "-o", "json").stdout)["job_status"]["status"]
+        == "stopped"
+    )

@@ -33,8 +33,9 @@ def shared_client():
 
 
 def _project(tmp_path, name: str):
-    return write_project(tmp_path / name, HANDLER, name=name,
-                         files={"util.py": f"WHO = {name!r}\n"})
+    return write_project(
+        tmp_path / name, HANDLER, name=name, files={"util.py": f"WHO = {name!r}\n"}
+    )
 
 
 def _parts(out, job_id) -> list[dict]:
@@ -45,8 +46,16 @@ def test_two_apis_run_at_once_without_colliding(shared_client, tmp_path):
     client = batchapi.client(store=str(tmp_path / "store"), cluster=shared_client)
     apis = [client.deploy(_project(tmp_path, name)) for name in ("alpha", "beta")]
     out = tmp_path / "out"
-    jobs = [api.submit({"workers": 3, "item_list": {"items": list(range(60)), "batch_size": 2},
-                        "output": str(out)}) for api in apis]
+    jobs = [
+        api.submit(
+            {
+                "workers": 3,
+                "item_list": {"items": list(range(60)), "batch_size": 2},
+                "output": str(out),
+            }
+        )
+        for api in apis
+    ]
     assert [job.wait(timeout=120) for job in jobs] == ["succeeded", "succeeded"]
     for api, job in zip(apis, jobs, strict=True):
         parts = _parts(out, job.job_id)
@@ -58,8 +67,9 @@ def test_job_uses_at_most_its_workers_and_leaves_nothing(shared_client, tmp_path
     client = batchapi.client(store=str(tmp_path / "store"), cluster=shared_client)
     api = client.deploy(_project(tmp_path, "gamma"))
     out = tmp_path / "out"
-    job = api.submit({"workers": 1, "item_list": {"items": list(range(40)), "batch_size": 1},
-                      "output": str(out)})
+    job = api.submit(
+        {"workers": 1, "item_list": {"items": list(range(40)), "batch_size": 1}, "output": str(out)}
+    )
     assert job.wait(timeout=120) == "succeeded"
     assert len({p["pid"] for p in _parts(out, job.job_id)}) == 1  # one of the three workers
 
