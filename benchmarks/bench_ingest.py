@@ -79,8 +79,9 @@ def _lines(first: int, count: int) -> bytes:
 
 
 def upload(bucket: str, files: int, per_file: int) -> list[str]:
-    import boto3
     from concurrent.futures import ThreadPoolExecutor
+
+    import boto3
 
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket=bucket)
