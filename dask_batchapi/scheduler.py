@@ -24,7 +24,6 @@ import math
 import os
 import queue
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -36,6 +35,7 @@ from .cluster import eligible_workers, missing_resources
 from .driverlog import DriverLog
 from .errors import SourceError
 from .ledger import Checkpointer
+from .losses import RemovalHub, error_dict, error_info_dict, lost_info, timeout_info
 from .outcomes import BatchBook, OutOfMemory
 from .runtime import (
     TIMEOUT_EVENT,
@@ -131,13 +131,13 @@ class JobDriver:
             self._finish(ended.status, ended.error)
         except OutOfMemory as exc:
             self.log.error(str(exc))
-            self._finish(JobStatus.WORKER_OOM, _error("out_of_memory", exc))
+            self._finish(JobStatus.WORKER_OOM, error_dict("out_of_memory", exc))
         except SourceError as exc:
             self.log.error(f"input could not be read: {exc}")
-            self._finish(JobStatus.ENQUEUE_FAILED, _error("enqueue", exc))
+            self._finish(JobStatus.ENQUEUE_FAILED, error_dict("enqueue", exc))
         except Exception as exc:  # noqa: BLE001 - any driver failure must end in a final status
             logger.exception("driver of job %s failed", self.job_id)
-            self._finish(JobStatus.UNEXPECTED_ERROR, _error("driver", exc))
+            self._finish(JobStatus.UNEXPECTED_ERROR, error_dict("driver", exc))
         return self.state.job_status
 
     # -- phases -------------------------------------------------------------------------------
@@ -185,12 +185,14 @@ class JobDriver:
         while not future.done():
             self._wait(_TICK)
             self.tick()
-        result = self._one_result(future) or {"error": _lost_info(future), "logs": []}
+        result = self._one_result(future) or {"error": lost_info(future), "logs": []}
         self._ckpt.logs.extend(result.get("logs", ()))
         if result.get("error"):
             kind, message, tb = result["error"]
             self.log.error(f"on_job_complete raised {kind}: {message}", traceback=tb)
-            raise JobEnded(JobStatus.WORKER_ERROR, _error_info("on_job_complete", result["error"]))
+            raise JobEnded(
+                JobStatus.WORKER_ERROR, error_info_dict("on_job_complete", result["error"])
+            )
 
     def _finish(self, status: JobStatus, error: dict | None = None) -> None:
         self._cancel_all()
@@ -311,7 +313,7 @@ class JobDriver:
             kind, message, tb = result["init_error"]
             self.log.error(f"Handler.__init__ raised {kind}: {message}", traceback=tb)
             raise JobEnded(
-                JobStatus.WORKER_ERROR, _error_info("Handler.__init__", result["init_error"])
+                JobStatus.WORKER_ERROR, error_info_dict("Handler.__init__", result["init_error"])
             )
         by_index = {ref.index: ref for ref in chunk}
         for index, ok, seconds, err in result["outcomes"]:
@@ -334,7 +336,7 @@ class JobDriver:
         """A chunk whose task failed as a whole: its worker died, or it was cancelled."""
         self.state.in_flight -= len(chunk)
         self._refresh_workers()
-        err = _lost_info(future)
+        err = lost_info(future)
         timed_out = self._events(TIMEOUT_EVENT, since, "job_id", self.job_id)
         timed_out = {e["index"] for e in timed_out}
         if self._events(_MEMORY_EVENT, since):
@@ -346,7 +348,7 @@ class JobDriver:
         self.log.warning(f"{len(chunk)} batch(es) lost with their worker: {err[0]}: {err[1]}")
         for ref in chunk:
             if ref.index in timed_out:
-                self.book.failed(ref, _timeout_info(self.plugin.context.batch_timeout))
+                self.book.failed(ref, timeout_info(self.plugin.context.batch_timeout))
             else:
                 self.book.lost(ref, err, counted=counted)
 
@@ -354,7 +356,7 @@ class JobDriver:
         """Hear of workers removed mid-task: a cluster that reschedules tasks by itself
         (``allowed-failures`` > 0) never fails our futures, yet those batches ran on a lost
         worker and must be counted as lost."""
-        _RemovalHub.listen(self.client, self._removals)
+        RemovalHub.listen(self.client, self._removals)
 
     def _note_removals(self) -> None:
         while True:
@@ -447,7 +449,7 @@ class JobDriver:
             self.book.retry.extend(chunk)
 
     def _unsubscribe(self) -> None:
-        _RemovalHub.forget(self.client, self._removals)
+        RemovalHub.forget(self.client, self._removals)
 
     def _cancel_all(self) -> None:
         futures = [e[0] for e in self._inflight.values()]
@@ -461,67 +463,7 @@ class JobDriver:
             logger.debug("cancelling futures of %s failed: %s", self.job_id, exc)
 
 
-class _RemovalHub:
-    """One subscription to the scheduler's ``all`` events per client, fanned out to every
-    driver using that client (a client keeps a single handler per topic)."""
-
-    _listeners: dict[int, list[queue.SimpleQueue]] = {}
-    _lock = threading.Lock()
-
-    @classmethod
-    def listen(cls, client: Client, sink: queue.SimpleQueue) -> None:
-        with cls._lock:
-            sinks = cls._listeners.setdefault(id(client), [])
-            sinks.append(sink)
-            if len(sinks) > 1:
-                return
-
-        def fan_out(event: Any, sinks: list = sinks) -> None:
-            for target in list(sinks):
-                target.put(event)
-
-        try:
-            client.subscribe_topic("all", fan_out)
-        except Exception as exc:  # noqa: BLE001 - losses are then seen as KilledWorker only
-            logger.debug("cannot subscribe to scheduler events: %s", exc)
-
-    @classmethod
-    def forget(cls, client: Client, sink: queue.SimpleQueue) -> None:
-        with cls._lock:
-            sinks = cls._listeners.get(id(client), [])
-            if sink in sinks:
-                sinks.remove(sink)
-            if sinks:
-                return
-            cls._listeners.pop(id(client), None)
-        try:
-            client.unsubscribe_topic("all")
-        except Exception:  # noqa: BLE001 - not subscribed, or the cluster is gone
-            pass
-
-
 def _deadline(record: dict, timeout: float | None) -> float | None:
     if not timeout:
         return None
     return (parse_iso(record.get("created_time")) or time.time()) + float(timeout)
-
-
-def _lost_info(future: Future) -> tuple[str, str, str]:
-    try:
-        exc = future.exception(timeout=5) or RuntimeError(future.status)
-    except BaseException as caught:  # noqa: BLE001 - cancelled futures raise here
-        exc = caught
-    return "WorkerLost", f"worker lost: {type(exc).__name__}: {exc}", ""
-
-
-def _timeout_info(seconds: float | None) -> tuple[str, str, str]:
-    return "BatchTimeout", f"batch ran longer than its batch_timeout of {seconds} s", ""
-
-
-def _error(reason: str, exc: BaseException) -> dict:
-    return {"type": type(exc).__name__, "message": str(exc), "reason": reason}
-
-
-def _error_info(reason: str, info: tuple) -> dict:
-    kind, message, _ = info
-    return {"type": kind, "message": f"{reason} raised {kind}: {message}", "reason": reason}
