@@ -31,7 +31,8 @@ from typing import Any
 from distributed import get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from .logging import capture_output, install_collector, log_context
+from .logcapture import capture_output
+from .logging import install_collector, log_context
 from .outputs import OutputWriter
 from .project import read_env_file, unpack_project
 from .sources import load_payloads
