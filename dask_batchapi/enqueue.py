@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 
-from distributed import Client
+from distributed import Client, get_worker
 
 from .errors import SourceError
 from .ledger import ref_from_dict
@@ -35,8 +35,19 @@ logger = logging.getLogger(__name__)
 _INDEX_ATTEMPTS = 3  # a file whose index task fails this often fails the job (enqueue_failed)
 
 
+def index_on_worker(url: str, granularity: int, storage_options: dict, job_id: str) -> tuple:
+    """Dask task: index a file, keep its parsed values in this worker's cache for the job's
+    batches, and say which worker holds them."""
+    index = index_file(url, granularity, storage_options, cache_key=job_id)
+    return index, get_worker().address
+
+
 class RemoteIndexer:
-    """Indexes delimited files on the workers, in order, a window of files ahead."""
+    """Indexes delimited files on the workers, in order, a window of files ahead.
+
+    ``location`` remembers which worker indexed (and caches) each of the recent files, so the
+    driver can send a file's batches there first.
+    """
 
     def __init__(
         self,
@@ -44,11 +55,13 @@ class RemoteIndexer:
         files: list[str],
         granularity: int,
         storage_options: dict,
+        job_id: str,
         window: int = 8,
     ):
         self.client, self.files, self.granularity = client, files, granularity
-        self.storage_options, self.window = storage_options, window
+        self.storage_options, self.window, self.job_id = storage_options, window, job_id
         self.values = 0
+        self.location: OrderedDict[str, str] = OrderedDict()  # url -> worker, recent files
         self.wait: Callable[[], None] = lambda: None  # the driver's housekeeping while blocked
 
     def __iter__(self) -> Iterator[FileIndex]:
@@ -74,7 +87,11 @@ class RemoteIndexer:
             while not done.wait(0.2):
                 self.wait()
             if future.status == "finished":
-                return future.result()
+                index, worker = future.result()
+                self.location[url] = worker
+                while len(self.location) > 4 * self.window:  # O(window), not O(files)
+                    self.location.popitem(last=False)
+                return index
             exc = future.exception()
             if attempt == _INDEX_ATTEMPTS:
                 raise SourceError(f"indexing input failed: {exc}") from None
@@ -84,8 +101,12 @@ class RemoteIndexer:
 
     def _submit(self, url: str):
         return self.client.submit(
-            index_file, url, self.granularity, self.storage_options, pure=False
+            index_on_worker, url, self.granularity, self.storage_options, self.job_id, pure=False
         )
+
+    def locate(self, ref: BatchRef) -> str | None:
+        """The worker that holds the parsed values of the batch's first file, if known."""
+        return self.location.get(ref.segments[0].url) if ref.segments else None
 
 
 def batch_refs(
@@ -104,7 +125,9 @@ def batch_refs(
         return iter_item_batches(source.items, source.batch_size), None
     if kind == "file_path_lister":
         return iter_file_batches(files, source.batch_size), None
-    indexer = RemoteIndexer(client, files, granularity_for(source.batch_size), storage_options)
+    indexer = RemoteIndexer(
+        client, files, granularity_for(source.batch_size), storage_options, record["job_id"]
+    )
 
     def refs() -> Iterator[BatchRef]:
         yield from iter_delimited_batches(indexer, source.batch_size)

@@ -106,6 +106,7 @@ def _run_job(store: JobStore, api_name: str, job_id: str, cluster: Any) -> JobSt
                 state=state,
                 skip=final or (),
                 resources=task_resources(compute),
+                locate=indexer.locate if indexer is not None else None,
             )
             if indexer is not None:
                 indexer.wait = driver.tick

@@ -36,6 +36,7 @@ from .logging import install_collector, log_context
 from .outputs import OutputWriter
 from .project import read_env_file, unpack_project
 from .sources import load_payloads
+from .sources_delimited import PARSED
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +159,7 @@ class JobPlugin(WorkerPlugin):
                 else:
                     os.environ[key] = old
         install_collector().discard(self.context.job_id)
+        PARSED.drop(self.context.job_id)
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -250,7 +252,7 @@ class JobPlugin(WorkerPlugin):
         self._ensure_handler()
         if self.init_error is not None:
             return {**result, "init_error": self.init_error, "outcomes": []}
-        payloads = load_payloads(refs, self.context.storage_options)
+        payloads = load_payloads(refs, self.context.storage_options, self.context.job_id)
         outcomes, not_run = [], []
         with self._in_project():  # once per chunk: cwd, output capture, the handler lock
             for ref, payload in zip(refs, payloads, strict=True):

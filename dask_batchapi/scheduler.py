@@ -25,7 +25,7 @@ import os
 import queue
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from distributed import Client, Future
@@ -78,9 +78,11 @@ class JobDriver:
         state: JobState,
         skip: Any = (),
         resources: dict | None = None,
+        locate: Callable[[BatchRef], str | None] | None = None,
     ):
         self.store, self.record, self.client = store, record, client
-        self.resources = resources  # Dask resources of every batch task (compute.gpu -> GPU)
+        self.resources = resources
+        self._locate = locate  # the worker holding a batch's data (delimited files), if known  # Dask resources of every batch task (compute.gpu -> GPU)
         self.api_name, self.job_id = record["api_name"], record["job_id"]
         self.plugin = JobPlugin(context, archive)
         self.state = state
@@ -248,15 +250,25 @@ class JobDriver:
         return chunk
 
     def _submit(self, chunk: list[BatchRef]) -> None:
-        where = {"workers": list(self.workers)} if self._restrict else {}
+        where = self._placement(chunk)
         future = self.client.submit(
             run_chunk_task, self.plugin.name, chunk, pure=False, resources=self.resources, **where
         )
         self._inflight[future.key] = (future, chunk, time.time())
-        if self._restrict:
-            self._restrictions[future.key] = set(self.workers)
+        if where:
+            self._restrictions[future.key] = set(where["workers"])
         self.state.in_flight += len(chunk)
         future.add_done_callback(self._done.put)
+
+    def _placement(self, chunk: list[BatchRef]) -> dict:
+        """Where a chunk may run: the job's workers when it may not use them all; else the
+        worker that already holds the chunk's data, if any, as a preference."""
+        if self._restrict:
+            return {"workers": list(self.workers)}
+        preferred = self._locate(chunk[0]) if self._locate else None
+        if preferred in self.workers:
+            return {"workers": [preferred], "allow_other_workers": True}
+        return {}
 
     def _wait(self, timeout: float) -> list[Future]:
         try:
@@ -435,7 +447,7 @@ class JobDriver:
         keep += [w for w in alive if w not in keep][: max(0, wanted - len(keep))]
         gone = set(self.workers) - set(keep)
         self.workers, self._restrict = keep, len(alive) > wanted
-        if gone and self._restrict:
+        if gone:
             self._resubmit_orphans(set(keep))
 
     def _resubmit_orphans(self, alive: set[str]) -> None:

@@ -24,6 +24,7 @@ from .sources_delimited import (
     granularity_for,
     index_file,
     read_segments,
+    take_cached,
 )
 from .sources_listing import filter_urls, glob_to_regex, list_files
 
@@ -192,7 +193,7 @@ def _is_delimited(source) -> bool:
 
 
 def load_payloads(
-    refs: Sequence[BatchRef], storage_options: dict | None = None
+    refs: Sequence[BatchRef], storage_options: dict | None = None, cache_key: str | None = None
 ) -> list[list | BaseException]:
     """The payload of each reference, in order, or the exception that spoils it (runs on a
     worker). Bad JSON in one batch never fails its neighbours.
@@ -206,14 +207,20 @@ def load_payloads(
     results: list[list | BaseException] = [_direct_payload(ref) for ref in refs]
     for run in _segment_runs(refs):
         head = run[0][1]
-        outcomes = read_segments(
-            head.url,
-            head.start,
-            run[-1][1].end,
-            head.skip,
-            [segment.take for _, segment in run],
-            start_line=head.start_line,
-            storage_options=storage_options,
+        takes = [segment.take for _, segment in run]
+        cached = take_cached(cache_key, head.url, head.first_value, takes) if cache_key else None
+        outcomes = (
+            cached
+            if cached is not None
+            else read_segments(
+                head.url,
+                head.start,
+                run[-1][1].end,
+                head.skip,
+                takes,
+                start_line=head.start_line,
+                storage_options=storage_options,
+            )
         )
         for (position, _), outcome in zip(run, outcomes, strict=True):
             if isinstance(results[position], BaseException):

@@ -38,6 +38,8 @@ import codecs
 import json
 import logging
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -207,12 +209,78 @@ def _next_value(cur: _Cursor) -> tuple[int, object, tuple[int, str] | None] | No
         return start, None, bad
 
 
+class _Bad:
+    """A bad stretch remembered by the index cache (never a JSON value, so never confused)."""
+
+    __slots__ = ("byte", "line", "reason")
+
+    def __init__(self, byte: int, line: int, reason: str):
+        self.byte, self.line, self.reason = byte, line, reason
+
+
+class ParsedCache:
+    """Values that :func:`index_file` parsed anyway, kept on the worker for the batch reads
+    that follow, so a value is parsed once, not twice, and read from storage once.
+
+    Keyed by a cache key (the job id: files may change between jobs) and URL; bounded by the
+    source bytes of the files held (``batchapi.index-cache-bytes``), least recently used out.
+    """
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[tuple[str, str], tuple[int, list]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def budget() -> int:
+        import dask.config
+
+        return int(dask.config.get("batchapi.index-cache-bytes", 32 * 2**20))
+
+    def put(self, key: str, url: str, nbytes: int, values: list) -> None:
+        budget = self.budget()
+        with self._lock:
+            self._pop((key, url))
+            self._entries[(key, url)] = (nbytes, values)
+            self._bytes += nbytes
+            while self._bytes > budget and self._entries:
+                self._pop(next(iter(self._entries)))
+
+    def get(self, key: str, url: str) -> list | None:
+        with self._lock:
+            entry = self._entries.get((key, url))
+            if entry is None:
+                return None
+            self._entries.move_to_end((key, url))
+            return entry[1]
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            for entry in [k for k in self._entries if k[0] == key]:
+                self._pop(entry)
+
+    def _pop(self, entry: tuple[str, str]) -> None:
+        found = self._entries.pop(entry, None)
+        if found is not None:
+            self._bytes -= found[0]
+
+
+PARSED = ParsedCache()
+
+
 def index_file(
-    url: str, granularity: int, storage_options: dict | None = None, *, block_size: int = BLOCK_SIZE
+    url: str,
+    granularity: int,
+    storage_options: dict | None = None,
+    *,
+    block_size: int = BLOCK_SIZE,
+    cache_key: str | None = None,
 ) -> FileIndex:
     """Count the JSON values of a delimited file and sample where they start (runs on a worker).
 
     Streams the file in ``block_size`` reads; bad JSON counts as one value per bad stretch.
+    With ``cache_key``, the parsed values of a file small enough for the worker's
+    :data:`PARSED` cache are kept there for :func:`take_cached`.
 
     >>> index_file("data/part-0.jsonl", granularity=2)  # doctest: +SKIP
     FileIndex(url='data/part-0.jsonl', count=3, offsets=(0, 24), granularity=2, size=36, ...)
@@ -222,6 +290,8 @@ def index_file(
     offsets: list[int] = []
     lines: list[int] = []
     count = 0
+    keep = PARSED.budget() // 2 if cache_key is not None else 0
+    values: list | None = [] if keep else None
     try:
         fs, path = url_to_fs(url, **(storage_options or {}))
         cur = _Cursor(_BlockReader(fs, path).read, byte=0, line=1, block=block_size)
@@ -230,12 +300,41 @@ def index_file(
                 byte, line = cur.locate(found[0])
                 offsets.append(byte)
                 lines.append(line)
+                if byte > keep:
+                    values = None  # too big to keep: its batches read their ranges
+            if values is not None:
+                bad = found[2]
+                values.append(found[1] if bad is None else _Bad(*cur.locate(bad[0]), bad[1]))
             count += 1
         size = cur.bytes_seen
     except Exception as exc:
         raise SourceError(f"cannot read {url}: {type(exc).__name__}: {exc}") from exc
+    if values is not None and size <= keep:
+        PARSED.put(cache_key, url, size, values)
     logger.debug("indexed %s: %d values, %d bytes", url, count, size)
     return FileIndex(url, count, tuple(offsets), granularity, size, tuple(lines))
+
+
+def take_cached(
+    key: str, url: str, first_value: int, takes: Sequence[int]
+) -> list[list | BaseException] | None:
+    """Runs of values from the :data:`PARSED` cache, as :func:`read_segments` gives them from
+    storage; None when the file is not cached here."""
+    values = PARSED.get(key, url)
+    if values is None:
+        return None
+    results: list[list | BaseException] = []
+    position = first_value
+    for take in takes:
+        run = values[position : position + take]
+        position += take
+        if len(run) < take:
+            return None  # not what the index promised: read from storage, which reports it
+        bad = next((v for v in run if isinstance(v, _Bad)), None)
+        results.append(
+            run if bad is None else InvalidJSONError(url, bad.line, bad.byte, bad.reason)
+        )
+    return results
 
 
 class _BlockReader:
