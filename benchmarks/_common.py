@@ -127,7 +127,27 @@ def machine_info() -> dict[str, str]:
         "distributed": distributed.__version__,
         "dask-batchapi": getattr(dask_batchapi, "__version__", "?"),
         "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "package sources at start": package_state(),
     }
+
+
+def package_state() -> str:
+    """A short hash of the package's sources and their newest modification time.
+
+    Others edit the package while benchmarks run; comparing this at the start and the end of
+    a run says whether all of its numbers measured the same code.
+    """
+    import hashlib
+
+    import dask_batchapi
+
+    files = sorted(Path(dask_batchapi.__file__).parent.glob("*.py"))
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + path.read_bytes())
+    newest = max(path.stat().st_mtime for path in files)
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(newest))
+    return f"sha256 {digest.hexdigest()[:12]} (newest file {stamp} UTC)"
 
 
 def loadavg() -> str:

@@ -87,7 +87,8 @@ def measure_inproc(api, store: Path, tmp: Path, i: int) -> dict:
     }
 
 
-def measure_cli(project: Path, tmp: Path, i: int) -> dict:
+def measure_cli(project: Path, tmp: Path, i: int, address: str | None = None) -> dict:
+    """The CLI path; with ``address``, ``--cluster ADDRESS`` (an existing, warm cluster)."""
     store = tmp / f"store-cli-{i}"
     env = bench_env(store)
     cli = str(Path(sys.executable).parent / "dask-batchapi")
@@ -97,8 +98,9 @@ def measure_cli(project: Path, tmp: Path, i: int) -> dict:
     sub = tmp / f"submission-{i}.json"
     sub.write_text(json.dumps(_submission(probe_dir)))
     t_submit = time.time()
+    where = ["--cluster", address] if address else []
     out = subprocess.run(
-        [cli, "submit", "bench-probe", str(sub)],
+        [cli, "submit", "bench-probe", str(sub), *where],
         env=env,
         check=True,
         capture_output=True,
@@ -147,7 +149,7 @@ def _wait_exit(pid: int | None, timeout: float = 60) -> None:
 def run(client, api_factory, opts) -> list[Row]:
     """``opts``: repeats, cli_repeats, store, log."""
     api = api_factory("bench-probe", PROBE_HANDLER)
-    results: dict[str, list[dict]] = {"inproc": [], "cli": []}
+    results: dict[str, list[dict]] = {"inproc": [], "cli": [], "cli-address": []}
     with workdir() as tmp:
         measure_inproc(api, opts["store"], tmp, -1)  # warm
         settle(client)
@@ -160,19 +162,28 @@ def run(client, api_factory, opts) -> list[Row]:
                 f"last->final {r['last_to_final']:.3f} s"
             )
         project = write_project(tmp / "cli-proj", "bench-probe", PROBE_HANDLER)
+        address = client.scheduler.address
         for i in range(opts["cli_repeats"]):
-            results["cli"].append(measure_cli(project, tmp, i))
-            r = results["cli"][-1]
-            opts["log"](
-                f"  (d) CLI run {i + 1}: submit->first {r['submit_to_first']:.3f} s, "
-                f"last->final {r['last_to_final']:.3f} s (CLI returned {r['cli_returned']:.2f} s)"
-            )
+            for key, where in (("cli", None), ("cli-address", address)):
+                results[key].append(
+                    measure_cli(project, tmp, i if where is None else 100 + i, where)
+                )
+                settle(client)
+                r = results[key][-1]
+                opts["log"](
+                    f"  (d) {key} run {i + 1}: submit->first {r['submit_to_first']:.3f} s, "
+                    f"last->final {r['last_to_final']:.3f} s (CLI returned {r['cli_returned']:.2f} s)"
+                )
     return _rows(results)
 
 
 def _rows(results: dict[str, list[dict]]) -> list[Row]:
     rows: list[Row] = []
-    labels = {"inproc": "in-process driver (cluster=client)", "cli": "CLI submit (detached)"}
+    labels = {
+        "inproc": "in-process driver (cluster=client)",
+        "cli": "CLI submit (detached)",
+        "cli-address": "CLI submit --cluster tcp://… (warm)",
+    }
     for key, runs in results.items():
         if not runs:
             continue
@@ -193,12 +204,13 @@ def _rows(results: dict[str, list[dict]]) -> list[Row]:
                 )
             )
         extra = [("submit_to_driver_start", "submit -> driver started (start_time)")]
-        if key == "cli":
+        if key.startswith("cli"):
             extra[:0] = [
                 ("cli_returned", "submit -> CLI returned"),
                 ("runner_up", "submit -> runner wrote 'enqueuing'"),
             ]
-            extra[-1] = ("submit_to_driver_start", "submit -> cluster up, driver started")
+            started = "cluster up, driver started" if key == "cli" else "driver connected, started"
+            extra[-1] = ("submit_to_driver_start", f"submit -> {started}")
         for metric, case in extra:
             rows.append(
                 Row("d", case, labels[key], "s", Stat([r[metric] for r in runs]), verdict="info")

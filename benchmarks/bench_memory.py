@@ -181,7 +181,8 @@ def run(client, api_factory, opts) -> list[Row]:
         )
     for label, measure, repeats in modes:
         peaks: dict[int, list[float]] = {small: [], large: []}
-        phases: dict[int, dict] = {}
+        phases: dict[int, dict] = {}  # of the last run, for the report
+        beyond: dict[int, list[float]] = {small: [], large: []}
         for i in range(repeats):
             for n in (small, large):
                 result = measure(n)
@@ -189,13 +190,15 @@ def run(client, api_factory, opts) -> list[Row]:
                     raise RuntimeError(f"memory job ({label}, {n}) ended {result['status']}")
                 peaks[n].append(result["peak_mb"])
                 phases[n] = result.get("phases", {})
+                if phases[n]:  # growth past the moment the caller's own list was built
+                    beyond[n].append(phases[n]["job done (peak)"] - phases[n]["items built"])
                 opts["log"](
                     f"  (c) {label} run {i + 1}: {n:,} items peak {result['peak_mb']:.0f} MB "
                     f"({result['seconds']:.1f} s)"
                 )
         rows += _rows(label, small, large, peaks)
-        if all(phases.get(n) for n in (small, large)):
-            rows.append(_beyond_items_row(label, small, large, phases))
+        if beyond[small] and len(beyond[small]) == len(beyond[large]):
+            rows.append(_beyond_items_row(label, small, large, beyond))
         opts.setdefault("phases", {})[label] = phases
     return rows
 
@@ -233,13 +236,9 @@ def _rows(label: str, small: int, large: int, peaks: dict[int, list[float]]) -> 
     ]
 
 
-def _beyond_items_row(label: str, small: int, large: int, phases: dict) -> Row:
-    """Growth of the peak past the moment the caller's own items list was built (last run)."""
-
-    def beyond(n: int) -> float:
-        return phases[n]["job done (peak)"] - phases[n]["items built"]
-
-    growth = Stat([beyond(large) - beyond(small)])
+def _beyond_items_row(label: str, small: int, large: int, beyond: dict) -> Row:
+    """Growth of the peak past the caller's own items list, from the small to the large job."""
+    growth = Stat([b - a for a, b in zip(beyond[small], beyond[large], strict=True)])
     return Row(
         "c",
         f"growth {small:,} -> {large:,}, past the caller's list",

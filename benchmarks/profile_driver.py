@@ -82,6 +82,8 @@ _IDLE = (
     "sleep",
     "readline",
     "Connection.poll",
+    "JobDriver._wait (",  # SimpleQueue.get(timeout) is C: py-spy shows its caller
+    "child (profile_driver.py",  # waiting on stdin for the profiler to attach
 )
 
 

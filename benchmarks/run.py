@@ -23,6 +23,7 @@ from _common import (  # noqa: E402
     loadavg,
     local_client,
     machine_info,
+    package_state,
     workdir,
     write_project,
 )
@@ -73,7 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown benchmark(s) {sorted(unknown)}; choose from {sorted(BENCHES)}")
         return 2
     conf = settings(args)
+    overrides = _apply_overrides(args.set or [])
     info = machine_info()
+    if overrides:
+        info["dask config overrides (--set)"] = ", ".join(
+            f"{k}={v!r}" for k, v in overrides.items()
+        )
     started = time.time()
     rows, notes = [], {}
     with workdir() as tmp, local_client(WORKERS) as client:
@@ -97,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     out = (
         Path(args.out) if args.out else HERE / ("results-quick.md" if args.quick else "results.md")
     )
-    out.write_text(_report(info, conf, chosen, table, notes, time.time() - started, args))
+    report = _report(info, conf, chosen, table, notes, time.time() - started, args)
+    out.write_text(report + _foreign_sections(out))
     log(f"wrote {out} ({time.time() - started:.0f} s in all)")
     return 0
 
@@ -108,6 +115,43 @@ _MODULES = {
     "c": "bench_memory",
     "d": "bench_latency",
 }
+
+
+_OWN_SECTIONS = ("## Machine", "## Results", "## Per benchmark")
+
+
+def _foreign_sections(path: Path) -> str:
+    """Sections other scripts added to the report (e.g. bench_ingest.py's), kept on a rerun."""
+    if not path.exists():
+        return ""
+    kept, keep = [], False
+    for line in path.read_text().splitlines():
+        if line.startswith("## "):
+            keep = not line.startswith(_OWN_SECTIONS)
+        if keep:
+            kept.append(line)
+    return ("\n" + "\n".join(kept) + "\n") if kept else ""
+
+
+def _apply_overrides(pairs: list[str]) -> dict:
+    """``--set key=value``: dask config for this process and, through the environment, for
+    every process it starts (CLI, detached runners, memory children, workers)."""
+    import os
+
+    import dask
+    import yaml
+
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set takes KEY=VALUE, got {pair!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    for key, value in overrides.items():
+        env = "DASK_" + key.upper().replace(".", "__").replace("-", "_")
+        os.environ[env] = str(value)  # dask reads it back with ast.literal_eval
+    dask.config.set(overrides)
+    return overrides
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -125,6 +169,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="repeat the slow extras too (raw Dask at 20,000, all memory modes): ~10 min",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a dask config override for the run, e.g. batchapi.chunk-target-seconds=0.5",
+    )
     parser.add_argument("--out", help="where to write the report (default benchmarks/results.md)")
     return parser.parse_args(argv)
 
@@ -134,6 +184,12 @@ def _report(info, conf, chosen, table, notes, seconds, args) -> str:
     lines.append(f"Command: `.venv/bin/python benchmarks/run.py {' '.join(sys.argv[1:])}`")
     lines += ["", "## Machine", ""]
     lines += [f"- {k}: {v}" for k, v in info.items()]
+    end_state = package_state()
+    lines.append(f"- package sources at end: {end_state}")
+    if end_state != info["package sources at start"]:
+        lines.append(
+            "- **warning: the package changed during this run; its numbers mix two versions**"
+        )
     lines += [
         f"- benchmark cluster: LocalCluster, {WORKERS} worker processes x 1 thread; "
         "the process pool has the same 2 processes",

@@ -218,8 +218,7 @@ class Job:
         while True:
             doc = self.status["job_status"]
             if JobStatus(doc["status"]).is_terminal:
-                for bar in self._displays:
-                    bar.finish(timeout=10)
+                self._settle()
                 return doc["status"]
             if doc["interrupted"]:
                 raise JobStateError(
@@ -229,6 +228,14 @@ class Job:
             if deadline is not None and time.time() > deadline:
                 raise TimeoutError(f"job {self.job_id} still {doc['status']} after {timeout} s")
             time.sleep(poll)
+
+    def _settle(self, timeout: float = 30) -> None:
+        """After the final status: let live displays draw it, and an in-process driver finish
+        cleaning the workers (it writes the status first)."""
+        for bar in self._displays:
+            bar.finish(timeout=10)
+        if hasattr(self._driver, "join"):
+            self._driver.join(timeout)
 
     def stop(self) -> None:
         self.client.stop_job(self.api_name, self.job_id)

@@ -94,6 +94,10 @@ class LocalBackend(ClusterBackend):
         settings = {
             "distributed.scheduler.allowed-failures": 0,
             "distributed.scheduler.worker-saturation": float("inf"),
+            # the scheduler in this process keeps its last N messages to each worker (chunks'
+            # items included) and its last N events per topic (the driver reads the memory and
+            # batch-timeout events): a short memory
+            "distributed.admin.low-level-log-length": 64,
         }
         with dask.config.set(settings):
             self.cluster = LocalCluster(n_workers=self.workers, processes=True, **local)

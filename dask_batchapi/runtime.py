@@ -107,7 +107,6 @@ class JobPlugin(WorkerPlugin):
         self._current: tuple[int, float, int] | None = None  # batch index, start, thread id
         self._current_lock = threading.Lock()
         self._watchdog: BatchWatchdog | None = None
-        self._cleanup_pending = False
         self._bound: tuple | None = None
 
     def __getstate__(self) -> dict:
@@ -130,8 +129,8 @@ class JobPlugin(WorkerPlugin):
     def teardown(self, worker) -> None:
         """Remove everything of the job from this worker (runs on the worker's event loop).
 
-        A batch still running keeps the handler lock; waiting for it here would freeze the
-        worker, so the cleanup is left to that batch's chunk, which does it when it returns.
+        A batch still running (of this job or another) keeps the handler lock; waiting for it
+        here would freeze the worker, so a thread of its own does the cleanup then.
         """
         self.cancelled = True
         if self._watchdog is not None:
@@ -142,10 +141,10 @@ class JobPlugin(WorkerPlugin):
             finally:
                 _HANDLER_LOCK.release()
         else:
-            self._cleanup_pending = True
+            name = f"batchapi-cleanup-{self.context.job_id}"
+            threading.Thread(target=self._cleanup, name=name, daemon=True).start()
 
     def _cleanup(self) -> None:
-        self._cleanup_pending = False
         with _HANDLER_LOCK:
             self.handler = None
             for name in self._modules:
@@ -264,8 +263,6 @@ class JobPlugin(WorkerPlugin):
                 except BatchTimeout as exc:  # raised just after the batch ended: still counts
                     outcomes.append((ref.index, False, 0.0, error_info(exc)))
         logs = install_collector().drain(self.context.job_id)
-        if self._cleanup_pending:  # torn down while a batch of this chunk ran
-            self._cleanup()
         return {**result, "outcomes": outcomes, "not_run": not_run, "logs": logs}
 
     def _run_one(self, index: int, payload: Any) -> tuple:

@@ -68,6 +68,18 @@ class Segment:
     first_value: int
     start_line: int = 0
 
+    def __reduce__(self):
+        # chunks of refs travel driver -> scheduler -> worker; dataclass pickling is 3x slower
+        return Segment, (
+            self.url,
+            self.start,
+            self.end,
+            self.skip,
+            self.take,
+            self.first_value,
+            self.start_line,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class BatchRef:
@@ -77,6 +89,9 @@ class BatchRef:
     items: list | None = None
     files: tuple[str, ...] | None = None
     segments: tuple[Segment, ...] | None = None
+
+    def __reduce__(self):
+        return BatchRef, (self.index, self.items, self.files, self.segments)
 
     @property
     def size(self) -> int:
