@@ -271,14 +271,17 @@ class WidgetProgress(ProgressBase):
         super().__init__(poll, interval)
         import ipywidgets  # lazily: only notebooks need it
 
-        self.title = ipywidgets.HTML(_title_fragment(None))
-        self.status = ipywidgets.HTML(_status_fragment(None))
-        self.bar = ipywidgets.HTML(_bar_fragment(None))
-        self.counts = ipywidgets.HTML(_counts_fragment(None))
+        # texts keep their natural width (an HBox would squeeze them onto two lines); the bar
+        # takes the room that is left
+        fixed = {"width": "auto", "flex": "0 0 auto"}
+        self.title = ipywidgets.HTML(_title_fragment(None), layout=ipywidgets.Layout(**fixed))
+        self.status = ipywidgets.HTML(_status_fragment(None), layout=ipywidgets.Layout(**fixed))
+        self.bar = ipywidgets.HTML(_bar_fragment(None), layout=ipywidgets.Layout(flex="1 1 auto"))
+        self.counts = ipywidgets.HTML(_counts_fragment(None), layout=ipywidgets.Layout(**fixed))
         self.details = ipywidgets.HTML(_details_fragment(None))
         row = ipywidgets.HBox(
             [self.title, self.status, self.bar, self.counts],
-            layout=ipywidgets.Layout(align_items="center", grid_gap="12px"),
+            layout=ipywidgets.Layout(align_items="center", grid_gap="12px", flex_flow="row wrap"),
         )
         self.widget = ipywidgets.VBox([row, self.details])
         self.widget.add_class("batchapi-progress")
