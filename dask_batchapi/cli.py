@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from .client import BatchClient, Job
-from .errors import BatchAPIError
+from .errors import BatchAPIError, JobStateError
 from .spec import load_submission
 from .status import JobStatus, parse_iso
 
@@ -148,11 +148,11 @@ def _wait_and_exit(job: Job, fmt: str) -> None:
 
 
 def _poll_final(job: Job) -> dict:
-    while True:
-        doc = job.status
-        if JobStatus(doc["job_status"]["status"]).is_terminal or doc["job_status"]["interrupted"]:
-            return doc
-        time.sleep(0.2)
+    try:
+        job.wait(poll=0.2)
+    except JobStateError:
+        pass  # interrupted: the caller reports it from the status document
+    return job.status
 
 
 @main.command()

@@ -109,11 +109,12 @@ class BatchClient:
 
     def list_jobs(self, api_name: str) -> list[dict]:
         """The ``job_status`` part of every job of the API, newest first."""
-        self.store.get_api(api_name)
+        api_spec = self.store.get_api(api_name)["spec"]
         statuses = []
         for job_id in self.store.list_job_ids(api_name):
             try:
-                statuses.append(jobs.job_status(self.store, api_name, job_id)["job_status"])
+                doc = jobs.job_status(self.store, api_name, job_id, api_spec)
+                statuses.append(doc["job_status"])
             except JobNotFound:
                 continue  # being submitted right now: its record is not written yet
         return statuses

@@ -150,19 +150,15 @@ def backend_for(
 
     ``job`` (the job record) names and labels what a backend creates for the job.
     """
-    if target is None or target == "local":
+    kind = config.cluster_kind(target)
+    if kind == "local":
         return LocalBackend(workers, compute, job)
-    if isinstance(target, str):
-        if target == "kubernetes":
-            from .kubernetes import KubernetesBackend
+    if kind == "kubernetes":
+        from .kubernetes import KubernetesBackend
 
-            return KubernetesBackend(workers, compute, job)
-        if "://" in target or ":" in target:
-            return AddressBackend(target, workers, compute, job=job)
-        raise ClusterError(
-            f"unknown cluster {target!r}: use local, a scheduler address (tcp://host:8786) "
-            "or kubernetes"
-        )
+        return KubernetesBackend(workers, compute, job)
+    if kind == "address":
+        return AddressBackend(target, workers, compute, job=job)
     return ClientBackend(target, workers, compute, job=job)
 
 

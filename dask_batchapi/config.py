@@ -38,6 +38,25 @@ def cluster_target(explicit: Any = None) -> Any:
     return explicit or os.environ.get("DASK_BATCHAPI_CLUSTER") or get("cluster") or "local"
 
 
+def cluster_kind(target: Any) -> str:
+    """What a cluster target is: "local", "kubernetes", "address" or "object" (a live Client
+    or cluster). ClusterError for a string that is none of them."""
+    if target is None or target == "local":
+        return "local"
+    if not isinstance(target, str):
+        return "object"
+    if target == "kubernetes":
+        return "kubernetes"
+    if "://" in target or ":" in target:
+        return "address"
+    from .errors import ClusterError
+
+    raise ClusterError(
+        f"unknown cluster {target!r}: use local, a scheduler address (tcp://host:8786) "
+        "or kubernetes"
+    )
+
+
 def storage_options() -> dict:
     """fsspec storage options for every URL the framework opens."""
     return dict(get("storage-options") or {})

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config
-from .errors import ClusterError, JobStateError, SubmissionError
+from .errors import JobStateError, SubmissionError
 from .ledger import read_dead_letter
 from .project import check_handler, pack_project
 from .spec import Submission, load_api_specs, submission_from_dict
@@ -175,7 +175,7 @@ def launch_detached(store: JobStore, api_name: str, job_id: str, cluster: str) -
 
 def is_detachable(target: Any) -> bool:
     """Whether a job on ``target`` can be driven by a detached process (not a live object)."""
-    return target is None or isinstance(target, str)
+    return config.cluster_kind(target) != "object"
 
 
 def check_cluster(target: Any, store_url: str | None = None, urls: Sequence[str] = ()) -> None:
@@ -183,18 +183,13 @@ def check_cluster(target: Any, store_url: str | None = None, urls: Sequence[str]
 
     ``urls``: the job's inputs and output; on Kubernetes they, and the store, must be shared.
     """
-    if not isinstance(target, str) or target == "local":
-        return
-    if target == "kubernetes":
+    kind = config.cluster_kind(target)
+    if kind == "kubernetes":
         from .kubernetes import check_submit
 
         check_submit(store_url or config.store_url(), urls)
+    if kind != "address":
         return
-    if "://" not in target and ":" not in target:
-        raise ClusterError(
-            f"unknown cluster {target!r}: use local, a scheduler address (tcp://host:8786) "
-            "or kubernetes"
-        )
     from .cluster import check_address
 
     check_address(target)  # a Dask handshake, TLS included: a missing certificate fails here
@@ -257,11 +252,12 @@ def job_spec_for(record: dict, state: JobState) -> dict:
 
 
 # -- reading and controlling ----------------------------------------------------------------
-def job_status(store: JobStore, api_name: str, job_id: str) -> dict:
-    """The job's status document."""
+def job_status(store: JobStore, api_name: str, job_id: str, api_spec: dict | None = None) -> dict:
+    """The job's status document (``api_spec``: the API's spec, when the caller has it)."""
     record = store.get_job(api_name, job_id)
     state = read_state(store, api_name, job_id)
-    api_spec = store.get_api(api_name)["spec"]
+    if api_spec is None:
+        api_spec = store.get_api(api_name)["spec"]
     return status_document(
         record,
         state,
