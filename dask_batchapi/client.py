@@ -128,7 +128,9 @@ class BatchClient:
         target = cluster if cluster is not None else self.cluster
         target = target if target is not None else record.get("cluster", "local")
         target = "local" if target == "client" and cluster is None else target
-        jobs.check_cluster(target, self.store.url, jobs.data_urls(jobs.submission_of(record)))
+        jobs.check_cluster(
+            target, self.store.url, jobs.data_urls(jobs.submission_of(record, self.store))
+        )
         driver = jobs.start_job(self.store, record, target)
         return Job(self, api_name, job_id, driver=driver)
 

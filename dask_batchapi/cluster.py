@@ -30,6 +30,7 @@ from .errors import ClusterError
 
 logger = logging.getLogger(__name__)
 
+_DRIVER_LOG_LENGTH = 16  # messages a driver's client keeps for debugging
 GPU = "GPU"  # the resource name Dask's docs use: `dask worker --resources "GPU=2"`
 
 _TLS_HINT = (
@@ -99,9 +100,9 @@ class LocalBackend(ClusterBackend):
             # batch-timeout events): a short memory
             "distributed.admin.low-level-log-length": 64,
         }
-        with dask.config.set(settings):
+        with dask.config.set(settings):  # the client's own message log included
             self.cluster = LocalCluster(n_workers=self.workers, processes=True, **local)
-        return Client(self.cluster, set_as_default=False)
+            return Client(self.cluster, set_as_default=False)
 
     def close(self) -> None:
         super().close()
@@ -120,7 +121,7 @@ class AddressBackend(ClusterBackend):
 
     def _connect(self) -> Client:
         security = client_security(self.address)
-        return Client(self.address, timeout="10s", set_as_default=False, security=security)
+        return driver_client(self.address, security=security)
 
 
 class ClientBackend(ClusterBackend):
@@ -134,13 +135,22 @@ class ClientBackend(ClusterBackend):
 
     def _connect(self) -> Client:
         if isinstance(self.target, Client):
-            return self.target
-        return Client(self.target, set_as_default=False)
+            # the driver's own connection to the caller's scheduler, with a short message log
+            return driver_client(self.target.scheduler.address, security=self.target.security)
+        return driver_client(self.target)
 
     def close(self) -> None:
         if self.client is not None and self.client is not self.target:
             self.client.close()
         self.client = None
+
+
+def driver_client(target: Any, **kwargs: Any) -> Client:
+    """A Client for a job's driver. distributed's clients keep their last
+    ``low-level-log-length`` (1000) messages to the scheduler for debugging, and every chunk
+    a driver submits is one: a short log keeps the driver's memory O(window) at any job size."""
+    with dask.config.set({"distributed.admin.low-level-log-length": _DRIVER_LOG_LENGTH}):
+        return Client(target, timeout="10s", set_as_default=False, **kwargs)
 
 
 def backend_for(

@@ -19,16 +19,17 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from . import config
+from . import config, service
 from .errors import JobStateError, SubmissionError
 from .ledger import read_dead_letter
 from .project import check_handler, pack_project
 from .spec import Submission, load_api_specs, submission_from_dict
 from .status import JobState, JobStatus, is_interrupted, status_document, utcnow_iso
-from .store import JobStore
+from .store import JobStore, StoredItems
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,9 @@ def build_record(
     data = submission.to_dict()
     source_summary = {k: v for k, v in data[submission.source_kind].items() if k != "items"}
     if submission.source_kind == "item_list":
+        # the items live in the store apart (StoreJob.put_items), streamed by the driver
         source_summary["item_count"] = len(submission.source.items)
+        data["item_list"] = dict(source_summary)
     record = {
         "job_id": job_id,
         "api_name": api["name"],
@@ -109,7 +112,7 @@ def create_retry_job(store: JobStore, api_name: str, job_id: str, cluster: Any) 
     if not dead:
         raise JobStateError(f"job {job_id} has no failed batches to retry")
     api = store.get_api(api_name)
-    submission = submission_of(original)
+    submission = submission_of(original, store)
     record = build_record(api, submission, cluster, retry_of=job_id)
     record["retry_refs"] = [r["ref"] for r in dead]
     store.create_job(record)
@@ -121,11 +124,11 @@ def create_retry_job(store: JobStore, api_name: str, job_id: str, cluster: Any) 
 def create_job(store: JobStore, api: dict, submission: Submission, cluster: Any, **kw: Any) -> dict:
     if submission.output and "://" not in submission.output:
         # a local output path means the submitter's directory, not the driver's or a worker's
-        from dataclasses import replace
-
         submission = replace(submission, output=os.path.abspath(submission.output))
     files = matched_files(submission) if submission.source_kind != "item_list" else None
     record = build_record(api, submission, cluster, **kw)
+    if submission.source_kind == "item_list":
+        store.put_items(record["api_name"], record["job_id"], submission.source.items)
     if files is not None:
         record[submission.source_kind]["file_count"] = len(files)
         store.put_listing(record["api_name"], record["job_id"], files)
@@ -140,14 +143,22 @@ def with_workers(submission: Submission, workers: int | None) -> Submission:
         return submission
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise SubmissionError(f"--workers must be an integer >= 1, got {workers!r}")
-    from dataclasses import replace
-
     return replace(submission, workers=workers)
 
 
 # -- starting the driver --------------------------------------------------------------------
 def launch_detached(store: JobStore, api_name: str, job_id: str, cluster: str) -> int:
-    """Start the job's driver in its own session; returns its pid. The caller may exit."""
+    """Start the job's driver in its own session; returns its pid. The caller may exit.
+
+    On the embedded cluster, a runner kept warm for jobs like this one takes it instead
+    (:mod:`dask_batchapi.service`): no new process, no new cluster."""
+    if service.serves(cluster):
+        record = store.get_job(api_name, job_id)
+        compute = store.get_api(api_name)["spec"].get("compute")
+        key = service.service_key(cluster, int(record.get("workers") or 1), compute)
+        pid = service.hand_off(key, store.url, api_name, job_id)
+        if pid is not None:
+            return pid
     log_dir = Path(tempfile.gettempdir()) / "dask-batchapi-runners"
     log_dir.mkdir(parents=True, exist_ok=True)
     cmd = [
@@ -188,8 +199,10 @@ def check_cluster(target: Any, store_url: str | None = None, urls: Sequence[str]
         from .kubernetes import check_submit
 
         check_submit(store_url or config.store_url(), urls)
-    if kind != "address":
-        return
+    if kind != "address" or (
+        service.serves(target) and service.answers(service.service_key(target))
+    ):
+        return  # a warm runner holds a live connection to that scheduler
     from .cluster import check_address
 
     check_address(target)  # a Dask handshake, TLS included: a missing certificate fails here
@@ -237,9 +250,17 @@ def start_job(store: JobStore, record: dict, cluster: Any) -> Any:
     return launch_detached(store, api_name, job_id, target)
 
 
-def submission_of(record: dict) -> Submission:
-    """The parsed submission stored in a job record."""
-    return submission_from_dict(record["submission"])
+def submission_of(record: dict, store: JobStore) -> Submission:
+    """The parsed submission stored in a job record; an item_list's items stream from
+    ``store`` (records written before items were stored apart still hold them inline)."""
+    data = record["submission"]
+    source = data.get("item_list")
+    if source is None or "items" in source:
+        return submission_from_dict(data)
+    placeholder = {"items": [None], "batch_size": source["batch_size"]}
+    parsed = submission_from_dict({**data, "item_list": placeholder})
+    items = StoredItems(store, record["api_name"], record["job_id"], int(source["item_count"]))
+    return replace(parsed, source=replace(parsed.source, items=items))
 
 
 def job_spec_for(record: dict, state: JobState) -> dict:

@@ -28,7 +28,7 @@ import dask.config
 from distributed import Client
 
 from . import config
-from .cluster import ClusterBackend, error_line, format_resources, task_resources
+from .cluster import ClusterBackend, driver_client, error_line, format_resources, task_resources
 from .errors import ClusterError
 
 logger = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ class KubernetesBackend(ClusterBackend):
             raise ClusterError(
                 f"cannot create the Dask cluster {name} in Kubernetes: {error_line(exc)}"
             ) from None
-        return Client(self.cluster, set_as_default=False)
+        return driver_client(self.cluster)
 
     def close(self) -> None:
         super().close()

@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any
 
-from . import config
+from . import config, service
 from .cluster import backend_for, task_resources
 from .enqueue import batch_refs
 from .jobs import job_spec_for, known_total, submission_of
@@ -76,7 +76,7 @@ def _run_job(store: JobStore, api_name: str, job_id: str, cluster: Any) -> JobSt
     state.heartbeat = time.time()
     state.driver = {"host": socket.gethostname(), "pid": os.getpid()}
     store.write_state(api_name, job_id, state.to_dict())
-    submission = submission_of(record)
+    submission = submission_of(record, store)
     spec = api_spec_from_dict(api["spec"])
     final = load_final(store, api_name, job_id) if state.run > 1 else None
     if final is not None:  # the ledger is the truth; the state may be a checkpoint older
@@ -153,9 +153,62 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # SIGTERM ends the process like Ctrl-C would, so `finally` blocks close the cluster
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if service.serves(args.cluster):
+        serve(args.store, args.cluster, args.api_name, args.job_id)
+        return 0
     status = run_job(JobStore(args.store), args.api_name, args.job_id, args.cluster)
     logger.info("job %s ended: %s", args.job_id, status.value)
     return 0
+
+
+def serve(store_url: str, target: str, api_name: str, job_id: str) -> None:
+    """Run the job, then keep its cluster (embedded) or connection (address) warm for the next
+    jobs of the same shape (:mod:`dask_batchapi.service`), until idle for ``keep-alive`` s."""
+    store = JobStore(store_url)
+    record = store.get_job(api_name, job_id)
+    compute = store.get_api(api_name)["spec"].get("compute")
+    workers = int(record.get("workers") or 1)
+    # before the embedded cluster sets OMP_NUM_THREADS & co in this process' environment
+    key = service.service_key(target, workers, compute)
+    pulse = Pulse(store, api_name, job_id)  # the job's heartbeat while the cluster starts
+    pulse.beat()
+    pulse.start()
+    try:
+        backend = backend_for(target, workers, compute, job=record)
+        client = backend.start()
+    except Exception:  # noqa: BLE001 - the job itself reports it, as without a warm runner
+        pulse.stop()
+        run_job(store, api_name, job_id, target)
+        return
+    pulse.stop()
+    threads: list[threading.Thread] = []
+
+    def start(url: str, api: str, job: str) -> threading.Thread:
+        thread = threading.Thread(
+            target=_run_logged,
+            args=(JobStore(url), api, job, client),
+            name=f"batchapi-driver-{job}",
+            daemon=True,
+        )
+        thread.start()
+        return thread
+
+    server = service.Service(key, workers if target == "local" else 0, start, client)
+    try:
+        bound = server.bind()
+        threads.append(start(store_url, api_name, job_id))
+        if bound:
+            server.serve(threads, service.keep_alive())
+        for thread in threads:
+            thread.join()
+    finally:
+        server.close()
+        backend.close()
+
+
+def _run_logged(store: JobStore, api_name: str, job_id: str, client: Any) -> None:
+    status = run_job(store, api_name, job_id, client)
+    logger.info("job %s ended: %s", job_id, status.value)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import ctypes
 import importlib.util
 import logging
 import os
+import pickle
 import shutil
 import sys
 import threading
@@ -398,9 +399,19 @@ def _plugin(name: str) -> JobPlugin:
         raise RuntimeError(f"job plugin {name} is not registered on this worker") from None
 
 
-def run_chunk_task(name: str, refs: list) -> dict:
-    """Dask task: run a chunk of batches on this worker's Handler."""
+def run_chunk_task(name: str, refs: list | bytes) -> dict:
+    """Dask task: run a chunk of batches on this worker's Handler.
+
+    ``refs`` arrives pickled (:func:`pack_chunk`): the scheduler then handles one bytes object,
+    never the items, and a message it keeps in its log is compact."""
+    if isinstance(refs, bytes):
+        refs = pickle.loads(refs)  # noqa: S301 - our own driver pickled it
     return _plugin(name).run_chunk(refs)
+
+
+def pack_chunk(refs: list) -> bytes:
+    """A chunk of batch references as the one bytes argument of :func:`run_chunk_task`."""
+    return pickle.dumps(refs, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def run_complete_task(name: str) -> dict:

@@ -42,6 +42,7 @@ from .runtime import (
     JobContext,
     JobPlugin,
     cancel_job,
+    pack_chunk,
     run_chunk_task,
     run_complete_task,
 )
@@ -111,6 +112,11 @@ class JobDriver:
         self._prefetch = int(config.get("prefetch"))
         self._chunk_target = float(config.get("chunk-target-seconds"))
         self._max_chunk = int(config.get("max-chunk-batches"))
+        if "item_list" in submission:  # the items travel in the chunk: bound them too
+            per_batch = int(submission["item_list"]["batch_size"])
+            self._max_chunk = min(
+                self._max_chunk, max(1, int(config.get("max-chunk-items")) // per_batch)
+            )
         self._interval = float(config.get("checkpoint-interval"))
         self.workers: list[str] = []
         self._restrict = False
@@ -252,7 +258,12 @@ class JobDriver:
     def _submit(self, chunk: list[BatchRef]) -> None:
         where = self._placement(chunk)
         future = self.client.submit(
-            run_chunk_task, self.plugin.name, chunk, pure=False, resources=self.resources, **where
+            run_chunk_task,
+            self.plugin.name,
+            pack_chunk(chunk),
+            pure=False,
+            resources=self.resources,
+            **where,
         )
         self._inflight[future.key] = (future, chunk, time.time())
         if where:

@@ -14,6 +14,7 @@ invalid-JSON policy in :mod:`dask_batchapi.sources_delimited`.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -118,7 +119,7 @@ class BatchRef:
         ]
 
 
-def iter_item_batches(items: list, batch_size: int, start_index: int = 0) -> Iterator[BatchRef]:
+def iter_item_batches(items: Iterable, batch_size: int, start_index: int = 0) -> Iterator[BatchRef]:
     """Batches of ``batch_size`` items; the last may be shorter.
 
     ``start_index`` is the index of the first batch to yield: earlier batches are skipped and
@@ -128,8 +129,17 @@ def iter_item_batches(items: list, batch_size: int, start_index: int = 0) -> Ite
     [(1, ['c', 'd']), (2, ['e'])]
     """
     _check_batch_size(batch_size)
-    for start in range(start_index * batch_size, len(items), batch_size):
-        yield BatchRef(start // batch_size, items=list(items[start : start + batch_size]))
+    if isinstance(items, list):
+        for start in range(start_index * batch_size, len(items), batch_size):
+            yield BatchRef(start // batch_size, items=items[start : start + batch_size])
+        return
+    # any other iterable (items streamed from the store) is read once, in order
+    stream = iter(items)
+    index = 0
+    while batch := list(itertools.islice(stream, batch_size)):
+        if index >= start_index:
+            yield BatchRef(index, items=batch)
+        index += 1
 
 
 def iter_file_batches(files: list[str], batch_size: int) -> Iterator[BatchRef]:

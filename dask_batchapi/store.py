@@ -190,6 +190,14 @@ class JobStore:
         except FileNotFoundError:
             return None
 
+    def put_items(self, api: str, job_id: str, items: list, per_segment: int = 10_000) -> int:
+        """An item_list job's items, as segments of ``per_segment`` items: the driver streams
+        them (:class:`StoredItems`), so its memory does not grow with the job. Returns the count."""
+        for n, start in enumerate(range(0, len(items), per_segment)):
+            chunk = items[start : start + per_segment]
+            self.write_json(self._job(api, job_id, "items", f"{n:08d}.json"), chunk)
+        return len(items)
+
     def write_state(self, api: str, job_id: str, state: dict) -> None:
         self.write_json(self._job(api, job_id, "state.json"), state)
 
@@ -240,3 +248,24 @@ class JobStore:
     def iter_segments(self, api: str, job_id: str, kind: str) -> Iterator[Any]:
         for name in self.segments(api, job_id, kind):
             yield self.read_segment(api, job_id, kind, name)
+
+
+class StoredItems:
+    """The items of an item_list job, streamed from the store one segment at a time.
+
+    Stands in for the list in a stored job's :class:`~dask_batchapi.spec.ItemList`: it has a
+    length (known from the record) and can be iterated, in order, any number of times.
+    """
+
+    def __init__(self, store: JobStore, api: str, job_id: str, count: int):
+        self.store, self.api, self.job_id, self.count = store, api, job_id, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[Any]:
+        for segment in self.store.iter_segments(self.api, self.job_id, "items"):
+            yield from segment
+
+    def __repr__(self) -> str:
+        return f"StoredItems({self.api}/{self.job_id}, {self.count} items)"

@@ -122,7 +122,7 @@ def _parse_source(kind: str, value: Any) -> ItemList | FilePathLister | Delimite
         items = data.get("items")
         if not isinstance(items, list) or not items:
             raise Invalid(f"item_list.items must be a non-empty list, got {show(items)}")
-        return ItemList(items=list(items), batch_size=batch_size)
+        return ItemList(items=items, batch_size=batch_size)  # not copied: stored at submit
     return cls(
         s3_paths=str_list(data.get("s3_paths"), f"{kind}.s3_paths", non_empty=True),
         batch_size=batch_size,

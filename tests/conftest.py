@@ -7,10 +7,17 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
+import dask.config
 import pytest
 from s3_fixtures import *  # noqa: F401,F403 - s3_server, s3_bucket
+
+# Runners exit with their job unless a test asks for a warm one (test_service.py): dozens of
+# runners kept warm for two minutes each would crowd a 2-core machine.
+os.environ["DASK_BATCHAPI__KEEP_ALIVE"] = "0"
+dask.config.set({"batchapi.keep-alive": 0})
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -68,3 +75,14 @@ def run_cli(
 def write_json(path: Path, obj) -> Path:
     path.write_text(json.dumps(obj))
     return path
+
+
+def wait_for(predicate, timeout: float, what: str):
+    """Poll ``predicate`` every 50 ms until it returns something truthy; that value."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import run_cli, write_json, write_project
+from conftest import run_cli, wait_for, write_json, write_project
 
 import dask_batchapi as batchapi
 
@@ -38,16 +38,6 @@ def _calls(marks: Path) -> list[tuple[str, int, float]]:
     return [(b, int(p), float(t)) for b, p, t in rows]
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture
 def marking_api(tmp_path, store_dir):
     return batchapi.deploy(write_project(tmp_path / "marking", MARKING_HANDLER, name="marking"))
@@ -72,7 +62,7 @@ def test_worker_sigkilled_three_times_loses_nothing(marking_api, tmp_path):
             pids = [p for _, p, _ in calls[-4:] if p not in killed and psutil.pid_exists(p)]
             return pids[-1] if len(calls) >= 20 * (round_ + 1) and pids else None
 
-        pid = _wait_for(victim, 60, f"a live worker to kill (round {round_ + 1})")
+        pid = wait_for(victim, 60, f"a live worker to kill (round {round_ + 1})")
         os.kill(pid, signal.SIGKILL)
         killed.add(pid)
     assert job.wait(timeout=120) == "succeeded"
@@ -97,14 +87,14 @@ def test_driver_sigkilled_then_resumed(marking_api, tmp_path):
             "config": {"marks": str(marks), "sleep": 0.1},
         }
     )
-    _wait_for(lambda: len(_calls(marks)) >= 30, 60, "30 batches to run")
+    wait_for(lambda: len(_calls(marks)) >= 30, 60, "30 batches to run")
     driver_pid = job.status["job_status"].get("driver_pid") or _driver_pid(job)
     driver = psutil.Process(driver_pid)
     children = driver.children(recursive=True)
     os.kill(driver_pid, signal.SIGKILL)
     killed_at = time.time()
     # the job's worker processes die with the process that hosted them
-    _wait_for(
+    wait_for(
         lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children),
         30,
         "the workers to exit",
@@ -143,7 +133,7 @@ def test_resume_refused_while_driver_alive(marking_api, tmp_path):
             "config": {"marks": str(marks), "sleep": 0.2},
         }
     )
-    _wait_for(lambda: job.status["job_status"]["status"] == "running", 60, "running")
+    wait_for(lambda: job.status["job_status"]["status"] == "running", 60, "running")
     result = run_cli("resume", "marking", job.job_id)
     assert result.returncode != 0 and "driver is alive" in result.stderr
     job.stop()
@@ -260,7 +250,7 @@ def test_stop_from_cli_ends_job_and_no_new_batch_starts(marking_api, tmp_path):
         },
     )
     job_id = run_cli("submit", "marking", str(sub)).stdout.split()[0]
-    _wait_for(lambda: len(_calls(marks)) >= 5, 60, "batches to run")
+    wait_for(lambda: len(_calls(marks)) >= 5, 60, "batches to run")
     t0 = time.time()
     assert run_cli("stop", "marking", job_id).returncode == 0
     job = batchapi.get_job("marking", job_id)

@@ -78,6 +78,7 @@ def kernel_env() -> dict[str, str]:
     """This environment, less what would point a notebook at the test session's services."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DASK_BATCHAPI"))}
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["DASK_BATCHAPI__KEEP_ALIVE"] = "0"  # runners exit with their job (no warm one lingers)
     return env
 
 
