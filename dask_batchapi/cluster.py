@@ -99,6 +99,9 @@ class LocalBackend(ClusterBackend):
             # items included) and its last N events per topic (the driver reads the memory and
             # batch-timeout events): a short memory
             "distributed.admin.low-level-log-length": 64,
+            # the statistical profiler samples every task thread each 10 ms: ~4 % of a 2-core
+            # machine's CPU taken from the handlers (benchmarks/FINDINGS.md)
+            "distributed.worker.profile.enabled": bool(config.get("worker-profile")),
         }
         with dask.config.set(settings):  # the client's own message log included
             self.cluster = LocalCluster(n_workers=self.workers, processes=True, **local)
