@@ -233,6 +233,8 @@ def bench_env(store: Path | None = None) -> dict[str, str]:
     if store is not None:
         env["DASK_BATCHAPI_STORE"] = str(store)
     env.setdefault("PYTHONWARNINGS", "ignore")
+    # a runner exits with its job unless a benchmark measures the warm one (bench_latency)
+    env.setdefault("DASK_BATCHAPI__KEEP_ALIVE", "0")
     return env
 
 
@@ -306,13 +308,17 @@ def local_client(workers: int = WORKERS) -> Iterator:
     """A LocalCluster of ``workers`` processes with one thread each, and its Client."""
     import logging
 
+    import dask.config
     from distributed import Client, LocalCluster
 
     # shutdown chatter of the cluster is not benchmark output
     logging.getLogger("distributed").setLevel(logging.ERROR)
-    cluster = LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
-    )
+    # the workers of dask-batchapi's embedded cluster (batchapi.worker-profile: false): Dask's
+    # profiler off, for every system measured on this cluster (raw Dask included)
+    with dask.config.set({"distributed.worker.profile.enabled": False}):
+        cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"
+        )
     client = Client(cluster, set_as_default=False)
     try:
         client.wait_for_workers(workers)

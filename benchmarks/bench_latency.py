@@ -6,8 +6,10 @@ each batch to per-worker files; "final status recorded" is the modification time
 wall clock. A job is 4 batches of 1 item on 2 workers.
 
 * in-process driver on an existing client: ``api.submit`` with ``cluster=client``.
-* CLI path: ``dask-batchapi submit API FILE`` (detached runner that starts its own LocalCluster
-  of 2 workers). Also reported: when the CLI returned, and when the driver started (the job's
+* CLI path, cold: ``dask-batchapi submit API FILE`` with ``keep-alive`` 0 (a new detached runner
+  that starts its own LocalCluster of 2 workers).
+* CLI path, warm: the same with ``keep-alive`` on, after an earlier job: the runner kept warm
+  takes the job (``dask_batchapi.service``). Also reported: when the CLI returned, and when the driver started (the job's
   ``start_time``, i.e. its cluster was up).
 """
 
@@ -35,6 +37,7 @@ from _common import (
 )
 
 N_BATCHES = 4
+WARM_KEEP_ALIVE = 15  # seconds the warm runner waits for the next job
 TERMINAL = {
     "succeeded",
     "completed_with_failures",
@@ -87,10 +90,15 @@ def measure_inproc(api, store: Path, tmp: Path, i: int) -> dict:
     }
 
 
-def measure_cli(project: Path, tmp: Path, i: int, address: str | None = None) -> dict:
-    """The CLI path; with ``address``, ``--cluster ADDRESS`` (an existing, warm cluster)."""
+def measure_cli(
+    project: Path, tmp: Path, i: int, address: str | None = None, warm: bool = False
+) -> dict:
+    """The CLI path; with ``address``, ``--cluster ADDRESS`` (an existing, warm cluster); with
+    ``warm``, the embedded cluster's runner kept warm by an earlier job (``keep-alive``)."""
     store = tmp / f"store-cli-{i}"
     env = bench_env(store)
+    if warm:
+        env["DASK_BATCHAPI__KEEP_ALIVE"] = str(WARM_KEEP_ALIVE)
     cli = str(Path(sys.executable).parent / "dask-batchapi")
     subprocess.run([cli, "deploy", str(project)], env=env, check=True, capture_output=True)
     probe_dir = tmp / f"probe-cli-{i}"
@@ -113,7 +121,8 @@ def measure_cli(project: Path, tmp: Path, i: int, address: str | None = None) ->
     mtime = state_path.stat().st_mtime
     if state["status"] != "succeeded":
         raise RuntimeError(f"CLI latency job {job_id} ended {state['status']}")
-    _wait_exit((state.get("driver") or {}).get("pid"))  # let its cluster close before the next
+    if not warm:
+        _wait_exit((state.get("driver") or {}).get("pid"))  # let its cluster close first
     first, last = _probes(probe_dir)
     return {
         "submit_to_first": first - t_submit,
@@ -149,7 +158,7 @@ def _wait_exit(pid: int | None, timeout: float = 60) -> None:
 def run(client, api_factory, opts) -> list[Row]:
     """``opts``: repeats, cli_repeats, store, log."""
     api = api_factory("bench-probe", PROBE_HANDLER)
-    results: dict[str, list[dict]] = {"inproc": [], "cli": [], "cli-address": []}
+    results: dict[str, list[dict]] = {"inproc": [], "cli": [], "cli-warm": [], "cli-address": []}
     with workdir() as tmp:
         measure_inproc(api, opts["store"], tmp, -1)  # warm
         settle(client)
@@ -163,11 +172,14 @@ def run(client, api_factory, opts) -> list[Row]:
             )
         project = write_project(tmp / "cli-proj", "bench-probe", PROBE_HANDLER)
         address = client.scheduler.address
+        measure_cli(project, tmp, 300, warm=True)  # starts the runner that stays warm
         for i in range(opts["cli_repeats"]):
-            for key, where in (("cli", None), ("cli-address", address)):
-                results[key].append(
-                    measure_cli(project, tmp, i if where is None else 100 + i, where)
-                )
+            for key, n, where, warm in (
+                ("cli", i, None, False),
+                ("cli-warm", 200 + i, None, True),
+                ("cli-address", 100 + i, address, False),
+            ):
+                results[key].append(measure_cli(project, tmp, n, where, warm))
                 settle(client)
                 r = results[key][-1]
                 opts["log"](
@@ -181,7 +193,8 @@ def _rows(results: dict[str, list[dict]]) -> list[Row]:
     rows: list[Row] = []
     labels = {
         "inproc": "in-process driver (cluster=client)",
-        "cli": "CLI submit (detached)",
+        "cli": "CLI submit (detached, cold: new runner + cluster)",
+        "cli-warm": "CLI submit (detached, warm runner: keep-alive)",
         "cli-address": "CLI submit --cluster tcp://… (warm)",
     }
     for key, runs in results.items():
@@ -209,7 +222,7 @@ def _rows(results: dict[str, list[dict]]) -> list[Row]:
                 ("cli_returned", "submit -> CLI returned"),
                 ("runner_up", "submit -> runner wrote 'enqueuing'"),
             ]
-            started = "cluster up, driver started" if key == "cli" else "driver connected, started"
+            started = "cluster up, driver started" if key == "cli" else "driver started"
             extra[-1] = ("submit_to_driver_start", f"submit -> {started}")
         for metric, case in extra:
             rows.append(

@@ -14,8 +14,10 @@ Each measurement is a fresh process, at N = small and N = large (batch_size 100,
   peak RSS (``VmHWM`` from /proc, polled) of the ``dask_batchapi.runner`` process that hosts
   the driver and its own LocalCluster's scheduler.
 
-The items of an item_list live in the submission itself, so some growth is inherent: the child
-also reports what the bare ``list(range(N))`` costs.
+The caller of an in-process submit holds its own ``list(range(N))``: that growth is the
+caller's, so the child also reports the growth past the moment that list was built. The package
+writes the items to the store at submit (segments of 10,000) and the driver streams them, so the
+detached runner never holds the list.
 """
 
 from __future__ import annotations
@@ -196,14 +198,19 @@ def run(client, api_factory, opts) -> list[Row]:
                     f"  (c) {label} run {i + 1}: {n:,} items peak {result['peak_mb']:.0f} MB "
                     f"({result['seconds']:.1f} s)"
                 )
-        rows += _rows(label, small, large, peaks)
-        if beyond[small] and len(beyond[small]) == len(beyond[large]):
+        # in process, the caller's own list is in the same process: the target applies to the
+        # growth past it (what the package adds); the detached runner holds no list at all
+        has_beyond = bool(beyond[small]) and len(beyond[small]) == len(beyond[large])
+        rows += _rows(label, small, large, peaks, target=not has_beyond)
+        if has_beyond:
             rows.append(_beyond_items_row(label, small, large, beyond))
         opts.setdefault("phases", {})[label] = phases
     return rows
 
 
-def _rows(label: str, small: int, large: int, peaks: dict[int, list[float]]) -> list[Row]:
+def _rows(
+    label: str, small: int, large: int, peaks: dict[int, list[float]], target: bool
+) -> list[Row]:
     diffs = [b - a for a, b in zip(peaks[small], peaks[large], strict=True)]
     diff = Stat(diffs)
     return [
@@ -230,8 +237,8 @@ def _rows(label: str, small: int, large: int, peaks: dict[int, list[float]]) -> 
             "MB",
             diff,
             spec=".0f",
-            target="<=50 MB",
-            verdict=verdict(diff.median <= 50),
+            target="<=50 MB" if target else "",
+            verdict=verdict(diff.median <= 50) if target else "info (the caller's list included)",
         ),
     ]
 
@@ -246,7 +253,8 @@ def _beyond_items_row(label: str, small: int, large: int, beyond: dict) -> Row:
         "MB",
         growth,
         spec=".0f",
-        verdict="info (what the package adds)",
+        target="<=50 MB",
+        verdict=verdict(growth.median <= 50),
     )
 
 

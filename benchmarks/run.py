@@ -53,7 +53,7 @@ def settings(args: argparse.Namespace) -> dict:
         "a": {"sizes": [(5000, reps), (20000, raw_20k)], "repeats": reps},
         "b": {"n": 200, "seconds": 0.05, "repeats": reps},
         "c": {
-            "sizes": (10**5, 10**6),
+            "sizes": (10**5, 10**7),
             "repeats": reps,
             "runner": True,
             "extra_repeats": reps if args.thorough else 1,
