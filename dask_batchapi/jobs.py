@@ -285,7 +285,7 @@ def job_status(store: JobStore, api_name: str, job_id: str, api_spec: dict | Non
         api_spec,
         now=time.time(),
         heartbeat_timeout=float(config.get("heartbeat-timeout")),
-        driver_dead=_driver_alive(state) is False,
+        driver_dead=driver_alive(state) is False,
         start_timeout=_start_timeout(record),
     )
 
@@ -332,7 +332,7 @@ def _refuse_if_driver_alive(record: dict, state: JobState) -> None:
     """Never two drivers for one job: a driver process alive on this host wins over any
     heartbeat; elsewhere, a fresh heartbeat means alive."""
     job_id = record["job_id"]
-    alive = _driver_alive(state)
+    alive = driver_alive(state)
     stale = is_interrupted(record, state, time.time(), float(config.get("heartbeat-timeout")))
     if alive is True or (alive is None and not stale):
         raise JobStateError(
@@ -340,7 +340,7 @@ def _refuse_if_driver_alive(record: dict, state: JobState) -> None:
         )
 
 
-def _driver_alive(state: JobState) -> bool | None:
+def driver_alive(state: JobState) -> bool | None:
     """True/False when the driver ran on this host (its pid tells); None when it ran elsewhere."""
     import psutil
 

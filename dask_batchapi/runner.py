@@ -20,7 +20,7 @@ from typing import Any
 from . import config, service
 from .cluster import backend_for, task_resources
 from .enqueue import batch_refs
-from .jobs import job_spec_for, known_total, submission_of
+from .jobs import driver_alive, job_spec_for, known_total, submission_of
 from .ledger import load_final
 from .runtime import JobContext
 from .scheduler import JobDriver
@@ -153,12 +153,27 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # SIGTERM ends the process like Ctrl-C would, so `finally` blocks close the cluster
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    store = JobStore(args.store)
+    if _taken(store, args.api_name, args.job_id):
+        return 0
     if service.serves(args.cluster):
         serve(args.store, args.cluster, args.api_name, args.job_id)
         return 0
-    status = run_job(JobStore(args.store), args.api_name, args.job_id, args.cluster)
+    status = run_job(store, args.api_name, args.job_id, args.cluster)
     logger.info("job %s ended: %s", args.job_id, status.value)
     return 0
+
+
+def _taken(store: JobStore, api_name: str, job_id: str) -> bool:
+    """Whether another live driver process of this host already runs the job: a warm runner
+    that took it although its answer never reached the submitter. Never two drivers."""
+    state = JobState.from_dict(store.read_state(api_name, job_id))
+    if state.job_status.is_terminal or (state.driver or {}).get("pid") == os.getpid():
+        return False
+    if driver_alive(state):
+        logger.warning("job %s is already driven by pid %s", job_id, state.driver["pid"])
+        return True
+    return False
 
 
 def serve(store_url: str, target: str, api_name: str, job_id: str) -> None:
