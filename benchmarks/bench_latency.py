@@ -195,7 +195,7 @@ def _rows(results: dict[str, list[dict]]) -> list[Row]:
         "inproc": "in-process driver (cluster=client)",
         "cli": "CLI submit (detached, cold: new runner + cluster)",
         "cli-warm": "CLI submit (detached, warm runner: keep-alive)",
-        "cli-address": "CLI submit --cluster tcp://… (warm)",
+        "cli-address": "CLI submit --cluster tcp://… (new runner)",
     }
     for key, runs in results.items():
         if not runs:
