@@ -1,7 +1,8 @@
 """Where a job runs: thin backends that only differ where they must.
 
 * :class:`LocalBackend` — an embedded ``LocalCluster`` with exactly ``workers`` worker
-  processes, one thread each (``batchapi.local.*``), closed when the job ends.
+  processes, one thread each (``batchapi.local.*``), closed when its runner exits (after the
+  job, or after the jobs a warm runner took: :mod:`dask_batchapi.service`).
 * :class:`AddressBackend` — an existing scheduler (``tcp://``, ``tls://``), with dask's TLS
   settings (``distributed.comm.tls.*``) when the address is ``tls://``.
 * :class:`ClientBackend` — a ``distributed.Client`` (or cluster object) the user already has;

@@ -2,7 +2,9 @@
 
 ``python -m dask_batchapi.runner --store URL --cluster TARGET API JOB_ID`` — started by
 ``submit`` / ``resume`` in its own session, so the job outlives the terminal or kernel that
-submitted it. It exits when the job reaches a final status.
+submitted it. It exits when the job reaches a final status, or — for the embedded cluster or a
+scheduler address, with ``batchapi.keep-alive`` > 0 — after serving the next jobs of the same
+shape until idle that long (:mod:`dask_batchapi.service`).
 """
 
 from __future__ import annotations
