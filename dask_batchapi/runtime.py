@@ -58,10 +58,20 @@ def batch_id_for(job_id: str, index: int) -> str:
     return f"{job_id}-{index:06d}"
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
 def error_info(exc: BaseException) -> tuple[str, str, str]:
-    """(type name, message, formatted traceback) of an exception, picklable and JSON-able."""
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return type(exc).__name__, str(exc), tb
+    """(type name, message, formatted traceback) of an exception, picklable and JSON-able.
+
+    The traceback starts at the first frame of the user's code: the package's own frames
+    above it (the chunk loop, the project context) say nothing about the failure. An error
+    raised in the package itself (reading a payload) keeps all its frames."""
+    tb = first = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        tb = tb.tb_next
+    text = "".join(traceback.format_exception(type(exc), exc, tb if tb is not None else first))
+    return type(exc).__name__, str(exc), text
 
 
 @dataclass

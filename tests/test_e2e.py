@@ -121,6 +121,8 @@ def test_failing_batches_go_to_dead_letter(tmp_path, store_dir):
     assert record["attempts"] == 2
     assert "ValueError: unlucky 13" in record["error"]
     assert "Traceback" in record["traceback"]
+    # it starts at the handler's own frame: no frame of the framework above it
+    assert "dask_batchapi" not in record["traceback"] and "handle_batch" in record["traceback"]
 
 
 def test_init_error_ends_job_with_worker_error(tmp_path, store_dir):
