@@ -46,6 +46,8 @@ class Pulse(threading.Thread):
     def beat(self) -> None:
         pulse = {"time": time.time(), "host": socket.gethostname(), "pid": os.getpid()}
         try:
+            if not self.store.job_exists(self.api_name, self.job_id):
+                return  # deleted: writing would bring a piece of it back
             self.store.write_pulse(self.api_name, self.job_id, pulse)
         except Exception as exc:  # noqa: BLE001 - a missed beat is retried next interval
             logger.warning("heartbeat of job %s not written: %s", self.job_id, exc)
@@ -156,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM ends the process like Ctrl-C would, so `finally` blocks close the cluster
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     store = JobStore(args.store)
-    if _taken(store, args.api_name, args.job_id):
+    # (a job can only be handed to a warm runner on this host: local and address targets)
+    local = config.cluster_kind(args.cluster) in ("local", "address")
+    if local and _taken(store, args.api_name, args.job_id):
         return 0
     if service.serves(args.cluster):
         serve(args.store, args.cluster, args.api_name, args.job_id)

@@ -64,6 +64,10 @@ class JobEnded(Exception):
         self.status, self.error = status, error
 
 
+class JobDeleted(Exception):
+    """The job was deleted from the store while it ran: end without writing anything."""
+
+
 class JobDriver:
     """Runs one job (or one resumed run of it) to a final status on ``client``."""
 
@@ -137,6 +141,10 @@ class JobDriver:
             self._finish(JobStatus.COMPLETED_WITH_FAILURES if failures else JobStatus.SUCCEEDED)
         except JobEnded as ended:
             self._finish(ended.status, ended.error)
+        except JobDeleted:
+            self.log.info("job deleted from the store: ending without a trace")
+            self._release()
+            self.state.move_to(JobStatus.STOPPED)
         except OutOfMemory as exc:
             self.log.error(str(exc))
             self._finish(JobStatus.WORKER_OOM, error_dict("out_of_memory", exc))
@@ -211,6 +219,15 @@ class JobDriver:
         self.state.end_time = utcnow_iso()
         self.log.info(f"job ended: {status.value}")
         self._checkpoint()  # the final status first: cleaning the workers may take a while
+        self._unregister()
+
+    def _release(self) -> None:
+        """Free the cluster of the job without a word to the store."""
+        self._cancel_all()
+        self._unsubscribe()
+        self._unregister()
+
+    def _unregister(self) -> None:
         try:
             self.client.unregister_worker_plugin(self.plugin.name)
         except Exception as exc:  # noqa: BLE001 - the cluster may already be gone
@@ -418,6 +435,8 @@ class JobDriver:
         self._note_removals()
         self._check_workers(now)
         if now >= self._next_checkpoint:
+            if not self.store.job_exists(self.api_name, self.job_id):
+                raise JobDeleted(self.job_id)
             if self.store.stop_requested(self.api_name, self.job_id):
                 self.log.info("stop requested")
                 raise JobEnded(JobStatus.STOPPED)

@@ -169,6 +169,10 @@ class JobStore:
     def create_job(self, record: dict) -> None:
         self.write_json(self._job(record["api_name"], record["job_id"], "job.json"), record)
 
+    def job_exists(self, api: str, job_id: str) -> bool:
+        """Whether the job's record is still there (``delete`` removes it)."""
+        return self.exists(self._job(api, job_id, "job.json"))
+
     def get_job(self, api: str, job_id: str) -> dict:
         try:
             return self.read_json(self._job(api, job_id, "job.json"))

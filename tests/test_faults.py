@@ -263,3 +263,31 @@ def test_stop_from_cli_ends_job_and_no_new_batch_starts(marking_api, tmp_path):
         json.loads(run_cli("get", "marking", job_id, "-o", "json").stdout)["job_status"]["status"]
         == "stopped"
     )
+
+
+def test_a_job_deleted_under_its_driver_ends_without_writing_it_back(marking_api, tmp_path):
+    """`delete` gives running jobs 15 s to stop, then removes them anyway: the driver must
+    notice and end without recreating any file of the job."""
+    from dask_batchapi.store import JobStore
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    job = marking_api.submit(
+        {
+            "item_list": {"items": list(range(200)), "batch_size": 1},
+            "config": {"marks": str(marks), "sleep": 0.1},
+        }
+    )
+    wait_for(lambda: job.status["job_status"]["status"] == "running", 60, "running")
+    store = JobStore(str(tmp_path / "store"))
+    job_dir = tmp_path / "store" / "jobs" / "marking" / job.job_id
+    pid = json.loads((job_dir / "state.json").read_text())["driver"]["pid"]
+    store.delete_api("marking")  # what delete does after its wait
+    wait_for(
+        lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie",
+        30,
+        "the driver to exit",
+    )
+    time.sleep(1.5)  # a checkpoint or heartbeat interval after the end
+    assert not job_dir.exists()
+    assert len(_calls(marks)) < 200  # it did stop early
