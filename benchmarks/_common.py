@@ -126,9 +126,18 @@ def machine_info() -> dict[str, str]:
         "dask": dask.__version__,
         "distributed": distributed.__version__,
         "dask-batchapi": getattr(dask_batchapi, "__version__", "?"),
+        "Ray Data (benchmarks/.env-ray)": _ray_version(),
         "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "package sources at start": package_state(),
     }
+
+
+def _ray_version() -> str:
+    """Ray's version in the benchmark's own Ray environment, without importing it here."""
+    found = sorted(HERE.glob(".env-ray/lib/python*/site-packages/ray-*.dist-info"))
+    if not found:
+        return "not installed (bash benchmarks/ray_env.sh)"
+    return found[-1].name.removeprefix("ray-").removesuffix(".dist-info")
 
 
 def package_state() -> str:
