@@ -374,6 +374,27 @@ def account(
     return calls
 
 
+def lab_submission(
+    items: list,
+    marks: Path,
+    out: Path,
+    *,
+    workers: int = 2,
+    batch_size: int = 1,
+    extra: dict | None = None,
+    **config,
+) -> dict:
+    """A submission for the lab's handlers: markers in ``marks``, outputs in ``out``,
+    ``config`` for the handler (sleep, fail_items, init_error), ``extra`` top-level keys."""
+    return {
+        "workers": workers,
+        "item_list": {"items": items, "batch_size": batch_size},
+        "config": {"marks": str(marks), **config},
+        "output": str(out),
+        **(extra or {}),
+    }
+
+
 def submit(api: batchapi.BatchAPI, submission: dict) -> tuple[batchapi.Job, float]:
     t0 = time.time()
     return api.submit(submission), t0
@@ -390,12 +411,7 @@ def fault_worker_kills(lab: Lab) -> Row:
     items = list(range(total))
     job, t0 = submit(
         lab.apis["marking"],
-        {
-            "workers": 2,
-            "item_list": {"items": items, "batch_size": 1},
-            "config": {"marks": str(marks), "sleep": 0.05},
-            "output": str(out),
-        },
+        lab_submission(items, marks, out, sleep=0.05),
     )
     killed: list[int] = []
     for round_ in range(3):
@@ -435,12 +451,7 @@ def fault_driver_kill(lab: Lab) -> Row:
     api = lab.apis["marking"]
     job, t0 = submit(
         api,
-        {
-            "workers": 2,
-            "item_list": {"items": items, "batch_size": 1},
-            "config": {"marks": str(marks), "sleep": 0.1},
-            "output": str(out),
-        },
+        lab_submission(items, marks, out, sleep=0.1),
     )
     wait_for(lambda: len(marks_of(marks)) >= 30, 60, "30 batches to run")
     state = lab.client.store.read_state(api.name, job.job_id)
@@ -549,16 +560,7 @@ def fault_link_cut(lab: Lab) -> Row:
         for host, proc in procs.items():
             wait_log(net, host, proc, "Registered to:")
         submission = lab.root / "c" / "submission.json"
-        submission.write_text(
-            json.dumps(
-                {
-                    "workers": 2,
-                    "item_list": {"items": items, "batch_size": 1},
-                    "config": {"marks": str(marks), "sleep": 0.2},
-                    "output": str(out),
-                }
-            )
-        )
+        submission.write_text(json.dumps(lab_submission(items, marks, out, sleep=0.2)))
         api = lab.apis["marking"].name
         earlier = {j["job_id"] for j in lab.client.list_jobs(api)}
         cli = [PYTHON, "-m", "dask_batchapi.cli", "submit", api, str(submission)]
@@ -632,13 +634,14 @@ def fault_handler_errors(lab: Lab) -> Row:
     marks, out = lab.fresh("d")
     job, t0 = submit(
         lab.apis["marking"],
-        {
-            "workers": 2,
-            "item_list": {"items": items, "batch_size": size},
-            "config": {"marks": str(marks), "fail_items": bad},
-            "dead_letter": {"max_receive_count": 2},
-            "output": str(out),
-        },
+        lab_submission(
+            items,
+            marks,
+            out,
+            batch_size=size,
+            fail_items=bad,
+            extra={"dead_letter": {"max_receive_count": 2}},
+        ),
     )
     doc, t_end = wait_final(job, 60, row)
     row.wall = f"{t_end - t0:.1f} s"
@@ -676,12 +679,7 @@ def fault_oom(lab: Lab) -> Row:
     marks, out = lab.fresh("e")
     job, t0 = submit(
         lab.apis["hog"],
-        {
-            "workers": 1,
-            "item_list": {"items": items, "batch_size": 1},
-            "config": {"marks": str(marks)},
-            "output": str(out),
-        },
+        lab_submission(items, marks, out, workers=1),
     )
     doc, t_end = wait_final(job, 120, row)
     row.wall = f"{t_end - t0:.1f} s"
@@ -701,12 +699,7 @@ def fault_init_error(lab: Lab) -> Row:
     items = list(range(total))
     job, t0 = submit(
         lab.apis["marking"],
-        {
-            "workers": 2,
-            "item_list": {"items": items, "batch_size": 1},
-            "config": {"marks": str(marks), "init_error": True},
-            "output": str(out),
-        },
+        lab_submission(items, marks, out, init_error=True),
     )
     doc, t_end = wait_final(job, 60, row)
     row.wall = f"{t_end - t0:.1f} s"
@@ -734,13 +727,7 @@ def fault_timeout(lab: Lab) -> Row:
     items = list(range(total))
     job, t0 = submit(
         lab.apis["marking"],
-        {
-            "workers": 1,
-            "timeout": TIMEOUT,
-            "item_list": {"items": items, "batch_size": 1},
-            "config": {"marks": str(marks), "sleep": 0.3},
-            "output": str(out),
-        },
+        lab_submission(items, marks, out, workers=1, sleep=0.3, extra={"timeout": TIMEOUT}),
     )
     doc, t_end = wait_final(job, 60, row)
     time.sleep(1.5)  # anything still running would write a marker now
@@ -780,12 +767,7 @@ def fault_stop(lab: Lab) -> Row:
     api = lab.apis["marking"]
     job, t0 = submit(
         api,
-        {
-            "workers": 2,
-            "item_list": {"items": items, "batch_size": 1},
-            "config": {"marks": str(marks), "sleep": 0.1},
-            "output": str(out),
-        },
+        lab_submission(items, marks, out, sleep=0.1),
     )
     wait_for(lambda: len(marks_of(marks)) >= 5, 60, "5 batches to run")
     t_stop = time.time()
