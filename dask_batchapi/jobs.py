@@ -74,7 +74,7 @@ def build_record(
     data = submission.to_dict()
     source_summary = {k: v for k, v in data[submission.source_kind].items() if k != "items"}
     if submission.source_kind == "item_list":
-        # the items live in the store apart (StoreJob.put_items), streamed by the driver
+        # the items live in the store apart (JobStore.put_items), streamed by the driver
         source_summary["item_count"] = len(submission.source.items)
         data["item_list"] = dict(source_summary)
     record = {
@@ -147,13 +147,13 @@ def with_workers(submission: Submission, workers: int | None) -> Submission:
 
 
 # -- starting the driver --------------------------------------------------------------------
-def launch_detached(store: JobStore, api_name: str, job_id: str, cluster: str) -> int:
+def launch_detached(store: JobStore, record: dict, cluster: str) -> int:
     """Start the job's driver in its own session; returns its pid. The caller may exit.
 
-    On the embedded cluster, a runner kept warm for jobs like this one takes it instead
-    (:mod:`dask_batchapi.service`): no new process, no new cluster."""
+    On the embedded cluster or a scheduler address, a runner kept warm for jobs like this one
+    takes it instead (:mod:`dask_batchapi.service`): no new process, no new cluster."""
+    api_name, job_id = record["api_name"], record["job_id"]
     if service.serves(cluster):
-        record = store.get_job(api_name, job_id)
         compute = store.get_api(api_name)["spec"].get("compute")
         key = service.service_key(cluster, int(record.get("workers") or 1), compute)
         pid = service.hand_off(key, store.url, api_name, job_id)
@@ -247,7 +247,7 @@ def start_job(store: JobStore, record: dict, cluster: Any) -> Any:
         from .kubernetes import launch_driver
 
         return launch_driver(store.url, api_name, job_id)
-    return launch_detached(store, api_name, job_id, target)
+    return launch_detached(store, record, target)
 
 
 def submission_of(record: dict, store: JobStore) -> Submission:

@@ -409,14 +409,12 @@ def _plugin(name: str) -> JobPlugin:
         raise RuntimeError(f"job plugin {name} is not registered on this worker") from None
 
 
-def run_chunk_task(name: str, refs: list | bytes) -> dict:
+def run_chunk_task(name: str, packed: bytes) -> dict:
     """Dask task: run a chunk of batches on this worker's Handler.
 
-    ``refs`` arrives pickled (:func:`pack_chunk`): the scheduler then handles one bytes object,
-    never the items, and a message it keeps in its log is compact."""
-    if isinstance(refs, bytes):
-        refs = pickle.loads(refs)  # noqa: S301 - our own driver pickled it
-    return _plugin(name).run_chunk(refs)
+    The chunk arrives pickled (:func:`pack_chunk`): the scheduler then handles one bytes
+    object, never the items, and a message it keeps in its log is compact."""
+    return _plugin(name).run_chunk(pickle.loads(packed))  # noqa: S301 - our driver pickled it
 
 
 def pack_chunk(refs: list) -> bytes:

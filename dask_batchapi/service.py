@@ -66,8 +66,7 @@ def service_key(target: str, workers: int = 1, compute: dict | None = None) -> s
 
 def answers(key: str) -> bool:
     """Whether a warm runner listens for ``key`` right now."""
-    path = socket_path(key)
-    return path.exists() and _answers(path)
+    return _answers(socket_path(key))
 
 
 def socket_path(key: str) -> Path:
@@ -119,11 +118,10 @@ class Service:
 
     def bind(self) -> bool:
         """Listen on the key's socket; False when a live service already does."""
-        if self.path.exists():
-            if _answers(self.path):
-                return False
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()  # a service that died without cleaning up
+        if _answers(self.path):
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()  # a service that died without cleaning up
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             listener.bind(str(self.path))
@@ -139,7 +137,8 @@ class Service:
         """Take jobs until idle for ``keep_alive`` seconds (no job thread alive)."""
         idle_since = time.monotonic()
         while self.listener is not None:
-            if any(t.is_alive() for t in threads):
+            threads[:] = [t for t in threads if t.is_alive()]  # ended jobs are not kept
+            if threads:
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since >= keep_alive:
                 break
@@ -188,6 +187,8 @@ class Service:
 
 
 def _answers(path: Path) -> bool:
+    if not path.exists():
+        return False
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(1.0)

@@ -129,17 +129,13 @@ def iter_item_batches(items: Iterable, batch_size: int, start_index: int = 0) ->
     [(1, ['c', 'd']), (2, ['e'])]
     """
     _check_batch_size(batch_size)
-    if isinstance(items, list):
-        for start in range(start_index * batch_size, len(items), batch_size):
-            yield BatchRef(start // batch_size, items=items[start : start + batch_size])
-        return
-    # any other iterable (items streamed from the store) is read once, in order
-    stream = iter(items)
-    index = 0
-    while batch := list(itertools.islice(stream, batch_size)):
+    stream = iter(items)  # a list, or the items streamed from the store: read once, in order
+    for index in itertools.count():
+        batch = list(itertools.islice(stream, batch_size))
+        if not batch:
+            return
         if index >= start_index:
             yield BatchRef(index, items=batch)
-        index += 1
 
 
 def iter_file_batches(files: list[str], batch_size: int) -> Iterator[BatchRef]:

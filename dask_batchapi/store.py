@@ -194,13 +194,12 @@ class JobStore:
         except FileNotFoundError:
             return None
 
-    def put_items(self, api: str, job_id: str, items: list, per_segment: int = 10_000) -> int:
+    def put_items(self, api: str, job_id: str, items: list, per_segment: int = 10_000) -> None:
         """An item_list job's items, as segments of ``per_segment`` items: the driver streams
-        them (:class:`StoredItems`), so its memory does not grow with the job. Returns the count."""
+        them (:class:`StoredItems`), so its memory does not grow with the job."""
         for n, start in enumerate(range(0, len(items), per_segment)):
-            chunk = items[start : start + per_segment]
-            self.write_json(self._job(api, job_id, "items", f"{n:08d}.json"), chunk)
-        return len(items)
+            segment = items[start : start + per_segment]
+            self.append_segment(api, job_id, "items", f"{n:08d}.json", segment)
 
     def write_state(self, api: str, job_id: str, state: dict) -> None:
         self.write_json(self._job(api, job_id, "state.json"), state)
@@ -232,7 +231,7 @@ class JobStore:
 
     # -- append-only segments -----------------------------------------------------------------
     def append_segment(self, api: str, job_id: str, kind: str, segment: str, data: Any) -> None:
-        """Write one new segment of ``kind`` (ledger, dead_letter, logs)."""
+        """Write one new segment of ``kind`` (ledger, dead_letter, logs, items)."""
         path = self._job(api, job_id, kind, segment)
         if kind == "logs":
             self.write_bytes(path, ("\n".join(data) + "\n").encode())
