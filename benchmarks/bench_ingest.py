@@ -205,7 +205,7 @@ def _write_local(root: Path, values: int, files: int) -> None:
 def _peak_rss_of_runner(tmp: Path, data: Path, store: Path) -> float:
     # the runner exits with its job (not kept warm), so its peak is the job's
     env = {**os.environ, "DASK_BATCHAPI_STORE": str(store), "DASK_BATCHAPI__KEEP_ALIVE": "0"}
-    cli = [PY, "-m", "dask_batchapi.cli"]
+    cli = [PY, "-m", "dask_batchapi.api.cli"]
     subprocess.run([*cli, "deploy", str(project(tmp))], env=env, check=True, capture_output=True)
     sub = tmp / f"sub-{data.name}.json"
     sub.write_text(

@@ -9,7 +9,7 @@ wall clock. A job is 4 batches of 1 item on 2 workers.
 * CLI path, cold: ``dask-batchapi submit API FILE`` with ``keep-alive`` 0 (a new detached runner
   that starts its own LocalCluster of 2 workers).
 * CLI path, warm: the same with ``keep-alive`` on, after an earlier job: the runner kept warm
-  takes the job (``dask_batchapi.service``). Also reported: when the CLI returned, and when the driver started (the job's
+  takes the job (``dask_batchapi.driver.warm``). Also reported: when the CLI returned, and when the driver started (the job's
   ``start_time``, i.e. its cluster was up).
 """
 

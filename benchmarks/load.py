@@ -51,7 +51,7 @@ from reliability import machine, markdown_table, wait_for_runners  # noqa: E402
 import dask_batchapi as batchapi  # noqa: E402
 from dask_batchapi import config as batchapi_config  # noqa: E402
 from dask_batchapi.status import JobState, JobStatus, is_interrupted, parse_iso  # noqa: E402
-from dask_batchapi.store import JobStore  # noqa: E402
+from dask_batchapi.store.jobstore import JobStore  # noqa: E402
 
 NOOP_HANDLER = """
     class Handler:
@@ -216,7 +216,7 @@ def run_load(root: Path, workers: int, n_jobs: int, batches: int, batch_size: in
                 continue
             # what `get` / `Job.wait()` would say right now (the status document's rule)
             if result.created_time is None:
-                result.created_time = store.get_job("load-noop", job_id)["created_time"]
+                result.created_time = store.get_job("load-noop", job_id).created_time
             now = time.time()
             record = {"created_time": result.created_time}
             if is_interrupted(record, JobState.from_dict(state), now, heartbeat_timeout):

@@ -226,7 +226,7 @@ class Lab:
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [PYTHON, "-m", "dask_batchapi.cli", *args],
+            [PYTHON, "-m", "dask_batchapi.api.cli", *args],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -292,7 +292,7 @@ def wait_terminal(job: batchapi.Job, timeout: float) -> tuple[dict, float]:
 
 
 def ledger_succeeded(lab: Lab, api: str, job_id: str) -> set[int]:
-    from dask_batchapi.ledger import load_final
+    from dask_batchapi.driver.ledger import load_final
 
     return load_final(lab.client.store, api, job_id).succeeded
 
@@ -563,7 +563,7 @@ def fault_link_cut(lab: Lab) -> Row:
         submission.write_text(json.dumps(lab_submission(items, marks, out, sleep=0.2)))
         api = lab.apis["marking"].name
         earlier = {j["job_id"] for j in lab.client.list_jobs(api)}
-        cli = [PYTHON, "-m", "dask_batchapi.cli", "submit", api, str(submission)]
+        cli = [PYTHON, "-m", "dask_batchapi.api.cli", "submit", api, str(submission)]
         cli += ["--cluster", address, "--wait", "-o", "json"]
         t0 = time.time()
         proc = net.popen(
@@ -812,7 +812,7 @@ def wait_for_runners(root: Path, timeout: float = 20) -> None:
         procs = []
         for proc in psutil.process_iter(["cmdline"]):
             cmdline = proc.info["cmdline"] or []
-            if "dask_batchapi.runner" in cmdline and any(str(root) in a for a in cmdline):
+            if "dask_batchapi.driver.runner" in cmdline and any(str(root) in a for a in cmdline):
                 procs.append(proc)
         return procs
 

@@ -9,9 +9,9 @@
 
 from __future__ import annotations
 
-from . import config as _config  # noqa: F401 - registers the batchapi.* dask config defaults
-from .client import BatchAPI, BatchClient, Job, client, deploy, get_job
-from .errors import (
+from dask_batchapi import config as _config  # noqa: F401 - registers the batchapi.* dask config defaults
+from dask_batchapi.api.client import BatchAPI, BatchClient, Job, client, deploy, get_job
+from dask_batchapi.errors import (
     APINotFound,
     BatchAPIError,
     ClusterError,
@@ -23,8 +23,8 @@ from .errors import (
     StoreError,
     SubmissionError,
 )
-from .logging import logger
-from .status import JobStatus
+from dask_batchapi.logging import logger
+from dask_batchapi.status import JobStatus
 
 __version__ = "0.1.0"
 

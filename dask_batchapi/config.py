@@ -49,7 +49,7 @@ def cluster_kind(target: Any) -> str:
         return "kubernetes"
     if "://" in target or ":" in target:
         return "address"
-    from .errors import ClusterError
+    from dask_batchapi.errors import ClusterError
 
     raise ClusterError(
         f"unknown cluster {target!r}: use local, a scheduler address (tcp://host:8786) "

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import sys
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -387,7 +388,7 @@ class _StderrHandler(logging.Handler):
         return super().filter(record)
 
     def emit(self, record: logging.LogRecord) -> None:
-        stream = _real_stream_lazy("stderr")
+        stream = _real_stream("stderr")
         if stream is None:
             return
         try:
@@ -423,15 +424,11 @@ logger.propagate = False
 logger.addHandler(_StderrHandler(logging.INFO))
 
 
-def _real_stream_lazy(name: str) -> Any:
-    from .logcapture import _real_stream  # the capture module routes the std streams
-
-    return _real_stream(name)
-
-
-def __getattr__(name: str) -> Any:
-    if name == "capture_output":  # it lives in logcapture; kept importable from here
-        from .logcapture import capture_output
-
-        return capture_output
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def _real_stream(name: str) -> Any:
+    """``sys.stdout`` / ``sys.stderr`` under any print-capture routers
+    (:mod:`dask_batchapi.worker.capture` puts them in place; they keep the stream they replaced
+    as ``original``)."""
+    stream = getattr(sys, name)
+    while getattr(type(stream), "routes_captured_output", False):
+        stream = stream.original
+    return stream

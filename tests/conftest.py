@@ -63,7 +63,7 @@ def run_cli(
 ) -> subprocess.CompletedProcess:
     """Run the real CLI in a subprocess."""
     return subprocess.run(
-        [sys.executable, "-m", "dask_batchapi.cli", *args],
+        [sys.executable, "-m", "dask_batchapi.api.cli", *args],
         input=input,
         capture_output=True,
         text=True,

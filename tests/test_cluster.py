@@ -21,9 +21,9 @@ from conftest import write_project
 from distributed import LocalCluster, get_worker
 
 import dask_batchapi as batchapi
-from dask_batchapi.cluster import (
+from dask_batchapi.cluster import backend_for
+from dask_batchapi.cluster.backends import (
     LocalBackend,
-    backend_for,
     check_address,
     eligible_workers,
     format_resources,

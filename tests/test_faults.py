@@ -268,7 +268,7 @@ def test_stop_from_cli_ends_job_and_no_new_batch_starts(marking_api, tmp_path):
 def test_a_job_deleted_under_its_driver_ends_without_writing_it_back(marking_api, tmp_path):
     """`delete` gives running jobs 15 s to stop, then removes them anyway: the driver must
     notice and end without recreating any file of the job."""
-    from dask_batchapi.store import JobStore
+    from dask_batchapi.store.jobstore import JobStore
 
     marks = tmp_path / "marks"
     marks.mkdir()

@@ -43,9 +43,9 @@ from s3_fixtures import s3_bucket, s3_server  # noqa: F401 - fixtures
 
 import dask_batchapi as batchapi
 from dask_batchapi import kubernetes as k8s
-from dask_batchapi.cluster import missing_resources, parse_resources, task_resources
+from dask_batchapi.cluster.backends import missing_resources, parse_resources, task_resources
 from dask_batchapi.errors import ClusterError
-from dask_batchapi.spec import load_api_specs
+from dask_batchapi.spec.api_spec import load_api_specs
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -324,12 +324,12 @@ def test_the_driver_job_is_valid_and_runs_the_runner(example_config, monkeypatch
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert seen.stdout.strip() == IMAGE, seen.stderr[-2000:]
     # the command is the runner's own command line
-    from dask_batchapi import runner
+    from dask_batchapi.driver import runner
 
     calls = []
     monkeypatch.setattr(runner, "run_job", lambda *a: calls.append(a) or runner.JobStatus.SUCCEEDED)
     monkeypatch.setattr(runner.signal, "signal", lambda *a: None)
-    assert container["command"][:3] == ["python", "-m", "dask_batchapi.runner"]
+    assert container["command"][:3] == ["python", "-m", "dask_batchapi.driver.runner"]
     assert runner.main(container["command"][3:]) == 0
     store, api_name, job_id, cluster = calls[0]
     assert (store.url, api_name, job_id, cluster) == (
@@ -344,7 +344,7 @@ def test_every_container_command_parses_with_the_real_clis(example_config):
     from distributed.cli.dask_scheduler import main as scheduler_cli
     from distributed.cli.dask_worker import main as worker_cli
 
-    from dask_batchapi.cli import main as batchapi_cli
+    from dask_batchapi.api.cli import main as batchapi_cli
 
     specs = [k8s.cluster_spec("batchapi-x", 1, {"gpu": 1}), _daskjob()["spec"]["cluster"]]
     specs += [o for _, o in manifests() if o["kind"] == "DaskCluster"]

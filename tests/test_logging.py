@@ -19,7 +19,6 @@ import pytest
 from dask_batchapi.logging import (
     MAX_LINE_BYTES,
     JobLogCollector,
-    capture_output,
     configure_cli_logging,
     current_context,
     format_line,
@@ -27,6 +26,7 @@ from dask_batchapi.logging import (
     log_context,
     logger,
 )
+from dask_batchapi.worker.capture import capture_output
 
 
 @pytest.fixture

@@ -109,7 +109,7 @@ class MultiHost:
         """``dask-batchapi submit whereami FILE --cluster tcp://... --wait -o json``, on client."""
         path = self.tmp / "submission.json"
         path.write_text(json.dumps(submission))
-        cmd = [sys.executable, "-m", "dask_batchapi.cli", "submit", "whereami", str(path),
+        cmd = [sys.executable, "-m", "dask_batchapi.api.cli", "submit", "whereami", str(path),
                "--cluster", SCHEDULER, "--wait", "-o", "json"]  # fmt: skip
         env = {**COMM_ENV, **self.env, "DASK_BATCHAPI_STORE": str(self.store)}
         return self.net.popen(
@@ -307,7 +307,7 @@ def _scheduler_events(log: str, since: float) -> list[tuple[str, float]]:
 
 # -- a job being created while another host lists the jobs --------------------------------------
 def test_listing_jobs_while_another_host_submits(tmp_path):
-    from dask_batchapi.jobs import new_job_id
+    from dask_batchapi.spec.record import new_job_id
 
     client = batchapi.client(store=str(tmp_path / "store"))
     client.deploy(write_project(tmp_path / "proj", WHEREAMI_HANDLER, name="whereami"))

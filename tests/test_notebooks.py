@@ -301,7 +301,7 @@ def test_failures_and_retry(kernel_specs):
 SLOW_DISPLAY = """
 import functools
 
-import dask_batchapi.widgets
+import dask_batchapi.api.widgets
 
 dask_batchapi.widgets.progress_widget_or_text = functools.partial(
     dask_batchapi.widgets.progress_widget_or_text, interval=30.0

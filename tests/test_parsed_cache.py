@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dask
 
-from dask_batchapi.sources import iter_delimited_batches, load_payloads
-from dask_batchapi.sources_delimited import PARSED, InvalidJSONError, index_file
+from dask_batchapi.sources.batches import iter_delimited_batches, load_payloads
+from dask_batchapi.sources.delimited import PARSED, InvalidJSONError, index_file
 
 
 def _write(path, text: str) -> str:

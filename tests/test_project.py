@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from dask_batchapi.errors import HandlerError, SpecError
-from dask_batchapi.project import (
+from dask_batchapi.spec.api_spec import HandlerSpec
+from dask_batchapi.spec.project import (
     DEFAULT_MAX_ARCHIVE_BYTES,
     HandlerSignature,
     check_handler,
@@ -21,7 +22,6 @@ from dask_batchapi.project import (
     signature_args,
     unpack_project,
 )
-from dask_batchapi.spec import HandlerSpec
 
 OK_HANDLER = """
 class Handler:
@@ -125,7 +125,7 @@ def test_symlinks_inside_followed_outside_skipped(tmp_path, caplog):
     os.symlink(outside / "dir", project / "outdir")
     os.symlink(project / "missing.txt", project / "broken.txt")
     os.symlink(project, project / "lib" / "loop")
-    with caplog.at_level(logging.WARNING, logger="dask_batchapi.project"):
+    with caplog.at_level(logging.WARNING, logger="dask_batchapi.spec.project"):
         archive = pack_project(project, "batchapi.yaml")
     assert archive.files == ("handler.py", "lib/util.py", "lib_link/util.py", "util_link.py")
     assert unzip(archive)["util_link.py"] == b"u = 1\n"

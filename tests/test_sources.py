@@ -13,7 +13,7 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
 from dask_batchapi.errors import SourceError, SubmissionError
-from dask_batchapi.sources import (
+from dask_batchapi.sources.batches import (
     BatchRef,
     FileIndex,
     InvalidJSONError,

@@ -14,7 +14,7 @@ import pytest
 from s3_fixtures import put_objects, s3_bucket, s3_server  # noqa: F401
 
 from dask_batchapi.errors import SourceError
-from dask_batchapi.sources import (
+from dask_batchapi.sources.batches import (
     InvalidJSONError,
     granularity_for,
     index_file,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dask_batchapi.errors import HandlerError, SpecError
-from dask_batchapi.spec import (
+from dask_batchapi.spec.api_spec import (
     SPEC_FILE_NAMES,
     APISpec,
     ComputeSpec,

@@ -7,8 +7,8 @@ import json
 from conftest import write_project
 
 import dask_batchapi as batchapi
-from dask_batchapi.jobs import submission_of
-from dask_batchapi.store import JobStore, StoredItems
+from dask_batchapi.spec.record import JobRecord
+from dask_batchapi.store.jobstore import JobStore, StoredItems
 
 SUM_HANDLER = """
     import json, os
@@ -58,10 +58,10 @@ def test_stored_items_are_a_sized_reiterable(tmp_path):
 
 def test_records_with_inline_items_still_parse(tmp_path):
     """Jobs written before items were stored apart keep their items in the record."""
-    store = JobStore(str(tmp_path / "store"))
     record = {
         "api_name": "api",
         "job_id": "0" * 16,
+        "created_time": "2026-01-01T00:00:00.000Z",
         "submission": {"item_list": {"items": [1, 2, 3], "batch_size": 2}, "workers": 1},
     }
-    assert submission_of(record, store).source.items == [1, 2, 3]
+    assert JobRecord.from_dict(record).submission.source.items == [1, 2, 3]

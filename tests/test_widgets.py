@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from dask_batchapi.progress import ProgressSnapshot, format_summary
-from dask_batchapi.widgets import (
+from dask_batchapi.api.progress import ProgressSnapshot, format_summary
+from dask_batchapi.api.widgets import (
     TextProgress,
     WidgetProgress,
     progress_widget_or_text,
@@ -394,7 +394,7 @@ def test_status_html_of_a_succeeded_job():
 _NOTEBOOK_CODE = """
 import sys
 sys.path.insert(0, {root!r})
-from dask_batchapi.widgets import progress_widget_or_text
+from dask_batchapi.api.widgets import progress_widget_or_text
 docs = [{{"job_status": {{"status": "running", "total_batch_count": 4,
                          "batch_metrics": {{"succeeded": n}}}}}} for n in range(4)]
 docs.append({{"job_status": {{"status": "succeeded", "total_batch_count": 4,

@@ -1,0 +1,1 @@
+"""The per-job driver and its process: batch outcomes, checkpoints, launching, liveness."""

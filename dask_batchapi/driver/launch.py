@@ -1,0 +1,92 @@
+"""Starting a job's driver: detached in its own process, handed to a warm runner, on a thread
+of the caller (a live ``Client``), or as a Kubernetes Job.
+
+The detached runner (``python -m dask_batchapi.driver.runner``) runs in its own session, so the
+job outlives the terminal or kernel that submitted it.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from dask_batchapi import config
+from dask_batchapi.driver import warm
+from dask_batchapi.driver.runner import run_job
+from dask_batchapi.spec.record import JobRecord
+from dask_batchapi.store import JobStore
+
+logger = logging.getLogger(__name__)
+
+
+def launch_detached(store: JobStore, record: JobRecord, cluster: str) -> int:
+    """Start the job's driver in its own session; returns its pid. The caller may exit.
+
+    On the embedded cluster or a scheduler address, a runner kept warm for jobs like this one
+    takes it instead (:mod:`dask_batchapi.driver.warm`): no new process, no new cluster."""
+    api_name, job_id = record.api_name, record.job_id
+    if warm.serves(cluster):
+        compute = store.get_api(api_name)["spec"].get("compute")
+        key = warm.service_key(cluster, record.workers, compute)
+        pid = warm.hand_off(key, store.url, api_name, job_id)
+        if pid is not None:
+            return pid
+    log_dir = Path(tempfile.gettempdir()) / "dask-batchapi-runners"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "dask_batchapi.driver.runner",
+        "--store",
+        store.url,
+        "--cluster",
+        cluster,
+        api_name,
+        job_id,
+    ]
+    with open(log_dir / f"{job_id}.log", "ab") as out:
+        proc = subprocess.Popen(  # noqa: S603 - our own module
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+    return proc.pid
+
+
+def is_detachable(target: Any) -> bool:
+    """Whether a job on ``target`` can be driven by a detached process (not a live object)."""
+    return config.cluster_kind(target) != "object"
+
+
+
+
+def launch_in_thread(store: JobStore, api_name: str, job_id: str, cluster: Any) -> threading.Thread:
+    thread = threading.Thread(
+        target=run_job,
+        args=(store, api_name, job_id, cluster),
+        name=f"batchapi-driver-{job_id}",
+        daemon=True,
+    )
+    thread.start()
+    return thread
+
+
+def start_job(store: JobStore, record: JobRecord, cluster: Any) -> Any:
+    """Start the driver of a job record, detached when the cluster allows it."""
+    api_name, job_id = record.api_name, record.job_id
+    if not is_detachable(cluster):
+        return launch_in_thread(store, api_name, job_id, cluster)
+    target = config.cluster_target(cluster)
+    if target == "kubernetes":  # the driver runs in a pod: the job outlives this machine
+        from dask_batchapi.cluster.kubernetes import launch_driver
+
+        return launch_driver(store.url, api_name, job_id)
+    return launch_detached(store, record, target)

@@ -1,0 +1,198 @@
+"""A warm embedded cluster: the detached runner stays up a while and takes the next jobs.
+
+Starting Python, importing distributed and starting a ``LocalCluster`` costs 1.5–3 s; the
+driver itself needs milliseconds. So a runner of the embedded cluster (``cluster: local``)
+listens on a Unix socket while it runs and for ``batchapi.keep-alive`` seconds after its last
+job, and ``submit``/``resume`` hand it their job instead of starting another process: the next
+job's first batch runs well within a second of the command.
+
+A service only takes jobs that would have started the very same cluster: the socket's name is
+a hash of the Python executable, the environment, the worker count, ``compute.mem`` and the
+``batchapi.local`` settings. Anything else (or no service, or one that is going away) starts a
+new runner, as before. Jobs of one service share its workers, as on any shared cluster; each
+still has its own driver thread, plugin, heartbeat, ledger and status.
+
+Protocol: the client connects, sends one JSON line ``{"store", "api", "job"}``; the service
+answers one JSON line ``{"pid"}`` once the job's driver thread has started, or ``{"error"}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from dask_batchapi import config
+
+logger = logging.getLogger(__name__)
+
+# variables that differ between two shells of one user without changing what a job sees
+_VOLATILE_ENV = {"PWD", "OLDPWD", "SHLVL", "_", "COLUMNS", "LINES", "TERM", "WINDOWID"}
+# ... and the store's: a request names its store (a warm runner serves any store)
+_VOLATILE_ENV |= {"DASK_BATCHAPI_STORE", "DASK_BATCHAPI_CLUSTER"}
+_HANDOFF_TIMEOUT = 5.0  # seconds a client waits for a service to answer
+
+
+def keep_alive() -> float:
+    """Seconds a runner's cluster stays warm after its last job (0: exit at once)."""
+    return max(0.0, float(config.get("keep-alive") or 0))
+
+
+def serves(target: Any) -> bool:
+    """Whether jobs on ``target`` use warm runners: the embedded cluster and scheduler
+    addresses, when ``keep-alive`` is on."""
+    return keep_alive() > 0 and config.cluster_kind(target) in ("local", "address")
+
+
+def service_key(target: str, workers: int = 1, compute: dict | None = None) -> str:
+    """Which runner a job needs, as a short hash (the service's socket name): the same
+    interpreter and environment, and the same scheduler address, or for the embedded cluster
+    the same worker count, ``compute.mem`` and ``batchapi.local`` settings."""
+    env = {k: v for k, v in os.environ.items() if k not in _VOLATILE_ENV}
+    shape = [sys.executable, sorted(env.items()), target]
+    if target == "local":
+        shape += [int(workers), (compute or {}).get("mem"), config.get("local")]
+    return hashlib.sha256(json.dumps(shape, default=str).encode()).hexdigest()[:20]
+
+
+def answers(key: str) -> bool:
+    """Whether a warm runner listens for ``key`` right now."""
+    return _answers(socket_path(key))
+
+
+def socket_path(key: str) -> Path:
+    base = Path(tempfile.gettempdir()) / f"dask-batchapi-{os.getuid()}"
+    base.mkdir(mode=0o700, exist_ok=True)
+    return base / f"{key}.sock"
+
+
+def hand_off(key: str, store_url: str, api_name: str, job_id: str) -> int | None:
+    """Give a job to the warm service for ``key``; its pid, or None when there is none (or
+    it did not take the job: then nothing of the job was started)."""
+    path = socket_path(key)
+    if not path.exists():
+        return None
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(_HANDOFF_TIMEOUT)
+            sock.connect(str(path))
+            request = {"store": store_url, "api": api_name, "job": job_id}
+            sock.sendall(json.dumps(request).encode() + b"\n")
+            answer = json.loads(_read_line(sock) or b"{}")
+    except (OSError, ValueError) as exc:
+        logger.debug("no warm service at %s: %s", path, exc)
+        return None
+    pid = answer.get("pid")
+    return int(pid) if pid else None
+
+
+def _read_line(sock: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        part = sock.recv(4096)
+        if not part:
+            break
+        data += part
+    return data
+
+
+class Service:
+    """The listening side, in a runner: takes jobs while its cluster is healthy and it has
+    been idle less than ``keep_alive`` seconds."""
+
+    def __init__(self, key: str, min_workers: int, start_job: Any, client: Any):
+        self.key, self.min_workers = key, min_workers
+        self.start_job = start_job  # (store_url, api, job_id) -> threading.Thread
+        self.client = client
+        self.path = socket_path(key)
+        self.listener: socket.socket | None = None
+
+    def bind(self) -> bool:
+        """Listen on the key's socket; False when a live service already does."""
+        if _answers(self.path):
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()  # a service that died without cleaning up
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(str(self.path))
+        except OSError:  # another runner bound it first
+            listener.close()
+            return False
+        listener.listen(16)
+        listener.settimeout(0.2)
+        self.listener = listener
+        return True
+
+    def serve(self, threads: list[threading.Thread], keep_alive: float) -> None:
+        """Take jobs until idle for ``keep_alive`` seconds (no job thread alive)."""
+        idle_since = time.monotonic()
+        while self.listener is not None:
+            threads[:] = [t for t in threads if t.is_alive()]  # ended jobs are not kept
+            if threads:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since >= keep_alive:
+                break
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                thread = self._take(conn)
+            if thread is not None:
+                threads.append(thread)
+        self.close()
+
+    def _take(self, conn: socket.socket) -> threading.Thread | None:
+        conn.settimeout(_HANDOFF_TIMEOUT)
+        try:
+            line = _read_line(conn)
+            if not line:
+                return None  # a liveness probe (another runner's bind)
+            request = json.loads(line)
+            if not self._healthy():
+                conn.sendall(b'{"error": "cluster unhealthy"}\n')
+                self.close()  # new jobs go to a new runner from now on
+                return None
+            thread = self.start_job(request["store"], request["api"], request["job"])
+            conn.sendall(json.dumps({"pid": os.getpid()}).encode() + b"\n")
+            return thread
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            logger.warning("bad hand-off request: %s", exc)
+            return None
+
+    def _healthy(self) -> bool:
+        try:
+            info = self.client.scheduler_info(n_workers=-1)
+        except Exception:  # noqa: BLE001 - the cluster is gone
+            return False
+        return len(info.get("workers", {})) >= self.min_workers
+
+    def close(self) -> None:
+        if self.listener is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()  # first: a client from now on starts a new runner
+        self.listener.close()
+        self.listener = None
+
+
+def _answers(path: Path) -> bool:
+    if not path.exists():
+        return False
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(1.0)
+            sock.connect(str(path))
+        return True
+    except OSError:
+        return False

@@ -1,0 +1,1 @@
+"""Worker side: the job's WorkerPlugin, the handler host, chunk execution, outputs, print capture."""
