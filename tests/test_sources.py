@@ -22,7 +22,6 @@ from dask_batchapi.sources.batches import (
     glob_to_regex,
     granularity_for,
     index_file,
-    iter_batches,
     iter_delimited_batches,
     iter_file_batches,
     iter_item_batches,
@@ -682,34 +681,6 @@ def test_every_value_exactly_once_in_order(tmp_path, seed):
     assert flatten(coalesced) == expected
     some = rng.sample(range(len(refs)), min(len(refs), 10))
     assert [load_payloads([refs[i]])[0] for i in some] == [coalesced[i] for i in some]
-
-
-# --------------------------------------------------------------------------- iter_batches
-
-
-def test_iter_batches_dispatches_on_the_source(tmp_path):
-    files = write(tmp_path, {"a/1.jsonl": "1 2 3", "a/2.jsonl": "4 5", "b/x.txt": "."})
-    root = str(tmp_path)
-    items = list(iter_batches(ItemList(items=list("abc"), batch_size=2)))
-    assert [ref.items for ref in items] == [["a", "b"], ["c"]]
-    listed = list(iter_batches(FilePathLister(s3_paths=(f"{root}/",), batch_size=2)))
-    assert [ref.files for ref in listed] == [tuple(files[:2]), (files[2],)]
-    source = DelimitedFiles(s3_paths=(f"{root}/a",), batch_size=4, includes=("**.jsonl",))
-    delimited = list(iter_batches(source))
-    assert load_payloads(delimited) == [[1, 2, 3, 4], [5]]
-
-
-def test_iter_batches_with_a_custom_indexer(tmp_path):
-    write(tmp_path, {"1.jsonl": "1 2 3", "2.jsonl": "4 5"})
-    calls = []
-
-    def index_files(urls, granularity):
-        calls.append((urls, granularity))
-        return [index_file(url, granularity) for url in urls]
-
-    source = DelimitedFiles(s3_paths=(str(tmp_path),), batch_size=16)
-    assert load_payloads(list(iter_batches(source, index_files=index_files))) == [[1, 2, 3, 4, 5]]
-    assert calls == [([f"{tmp_path}/1.jsonl", f"{tmp_path}/2.jsonl"], 2)]
 
 
 def test_batch_ref_segments_describe_and_size():

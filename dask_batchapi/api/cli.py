@@ -145,6 +145,8 @@ def _wait_and_exit(job: Job, fmt: str) -> None:
             f"job {job.job_id} ended {status['status']}" + (f": {error}" if error else ""), err=True
         )
         sys.exit(1)
+    if fmt != "json" and job.output_location:
+        click.echo(f"outputs: {job.output_location}")
 
 
 def _poll_final(job: Job) -> dict:

@@ -217,6 +217,16 @@ class Job:
     def metrics(self) -> dict:
         return self.status["job_status"]["batch_metrics"]
 
+    @property
+    def output_location(self) -> str | None:
+        """Where the job's outputs are (``<output>/<job_id>``), or None without ``output``.
+
+        >>> job.output_location  # doctest: +SKIP
+        '/home/me/batchapi-output/word-count/fffe6d1f5b2a9c3e'
+        """
+        output = self.client.store.get_job(self.api_name, self.job_id).submission.output
+        return f"{output.rstrip('/')}/{self.job_id}" if output else None
+
     def wait(self, timeout: float | None = None, poll: float = 0.1) -> str:
         """Block until the job ends; its final status. JobStateError if its driver died."""
         deadline = None if timeout is None else time.time() + timeout

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from dask_batchapi.sources.delimited import (
@@ -38,7 +38,6 @@ __all__ = [
     "glob_to_regex",
     "granularity_for",
     "index_file",
-    "iter_batches",
     "iter_delimited_batches",
     "iter_file_batches",
     "iter_item_batches",
@@ -48,7 +47,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-IndexFiles = Callable[[list[str], int], Iterable[FileIndex]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,39 +176,6 @@ def _segment(file_index: FileIndex, first: int, take: int) -> Segment:
     end = offsets[k_end] if k_end < len(offsets) else None
     line = file_index.lines[k] if file_index.lines else 0
     return Segment(file_index.url, offsets[k], end, first - k * step, take, first, line)
-
-
-def iter_batches(
-    source,
-    *,
-    storage_options: dict | None = None,
-    index_files: IndexFiles | None = None,
-) -> Iterator[BatchRef]:
-    """Batch references for a submission's source (``ItemList``, ``FilePathLister`` or
-    ``DelimitedFiles`` from :mod:`dask_batchapi.spec.api_spec`, or anything with the same attributes).
-
-    Files are listed at once (errors surface at the first ``next``). For delimited files,
-    ``index_files(urls, granularity)`` yields their :class:`FileIndex` in order; the driver
-    passes one that runs :func:`index_file` on workers. The default indexes here, lazily.
-    """
-    if getattr(source, "items", None) is not None:
-        yield from iter_item_batches(source.items, source.batch_size)
-        return
-    files = list_files(source.s3_paths, source.includes, source.excludes, storage_options)
-    if not _is_delimited(source):
-        yield from iter_file_batches(files, source.batch_size)
-        return
-    granularity = granularity_for(source.batch_size)
-    if index_files is None:
-        indexes = (index_file(url, granularity, storage_options) for url in files)
-    else:
-        indexes = index_files(files, granularity)
-    yield from iter_delimited_batches(indexes, source.batch_size)
-
-
-def _is_delimited(source) -> bool:
-    kind = getattr(source, "kind", None) or type(source).__name__
-    return kind in ("delimited_files", "DelimitedFiles")
 
 
 def load_payloads(
