@@ -303,8 +303,8 @@ import functools
 
 import dask_batchapi.api.widgets
 
-dask_batchapi.widgets.progress_widget_or_text = functools.partial(
-    dask_batchapi.widgets.progress_widget_or_text, interval=30.0
+dask_batchapi.api.widgets.progress_widget_or_text = functools.partial(
+    dask_batchapi.api.widgets.progress_widget_or_text, interval=30.0
 )
 """
 
