@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dask_batchapi.errors import HandlerError, SpecError
 from dask_batchapi.spec._validate import (
     Invalid,
@@ -34,6 +32,8 @@ from dask_batchapi.spec._validate import (
     str_list,
     string,
 )
+from dask_batchapi.spec._yaml import load_yaml
+from dask_batchapi.spec.dependencies import check_dependencies
 from dask_batchapi.spec.submission import (
     DelimitedFiles,
     FilePathLister,
@@ -61,6 +61,7 @@ __all__ = [
     "deep_merge",
     "find_spec_file",
     "load_api_specs",
+    "locate_project",
     "load_submission",
     "parse_api_specs",
     "parse_cpu",
@@ -77,7 +78,11 @@ MAX_NAME_LENGTH = 42
 _NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _OTHER_KINDS = ("RealtimeAPI", "TaskAPI", "AsyncAPI", "TrafficSplitter")
 _UNSUPPORTED_TYPES = ("tensorflow", "onnx")
-_MERGE_TAG = "tag:yaml.org,2002:merge"
+_POD_REFUSAL = (
+    "pod: container-based Batch APIs (Cortex >= 0.36) are not supported; write the container's"
+    " batch logic as a Python Handler class and declare it with handler: {type: python, path:"
+    " handler.py} instead of pod: (see docs/migrating-from-cortex.md)"
+)
 
 
 # --------------------------------------------------------------------------- API spec
@@ -175,7 +180,10 @@ def _parse_dependencies(value: Any, where: str) -> Dependencies:
 
 def _parse_handler_type(value: Any, where: str) -> str:
     if value in _UNSUPPORTED_TYPES:
-        raise Invalid(f"{where} {value!r} is not supported, use type: python")
+        raise Invalid(
+            f"{where} {value!r} is not supported, use type: python (load the model in the"
+            " Handler's __init__; a models: section can move into handler.config)"
+        )
     if value != "python":
         raise Invalid(f"{where} must be python, got {show(value)}")
     return value
@@ -183,7 +191,8 @@ def _parse_handler_type(value: Any, where: str) -> str:
 
 def _parse_handler(data: dict, key: str) -> HandlerSpec:
     known = [f.name for f in dataclasses.fields(HandlerSpec) if f.name != "legacy_predictor"]
-    check_keys(data, known, "", f"{key}.")
+    handler_type = _parse_handler_type(data.get("type", "python"), f"{key}.type")  # before keys:
+    check_keys(data, known, "", f"{key}.")  # a tensorflow handler's models: is no typo
     if data.get("path") is None:
         raise Invalid(f"{key}.path is required (the handler file, e.g. handler.py)")
     path = string(data["path"], f"{key}.path")
@@ -197,7 +206,7 @@ def _parse_handler(data: dict, key: str) -> HandlerSpec:
         parse_quantity(shm, f"{key}.shm_size")
     return HandlerSpec(
         path=path,
-        type=_parse_handler_type(data.get("type", "python"), f"{key}.type"),
+        type=handler_type,
         config=json_mapping(data.get("config"), f"{key}.config"),
         python_path=string(data.get("python_path"), f"{key}.python_path", optional=True),
         env=_parse_env(data.get("env"), f"{key}.env"),
@@ -219,10 +228,20 @@ def _parse_compute(value: Any) -> ComputeSpec:
     return ComputeSpec(
         cpu=None if cpu is None else parse_cpu(cpu, "compute.cpu"),
         gpu=integer(data.get("gpu", 0), "compute.gpu", 0),
-        inf=integer(data.get("inf", 0), "compute.inf", 0),
+        inf=_parse_inf(data.get("inf", 0)),
         mem=None if mem is None else parse_quantity(mem, "compute.mem"),
         node_groups=None if groups is None else str_list(groups, "compute.node_groups"),
     )
+
+
+def _parse_inf(value: Any) -> int:
+    inf = integer(value, "compute.inf", 0)
+    if inf:
+        raise Invalid(
+            f"compute.inf {inf} is not supported (AWS Inferentia chips); remove compute.inf,"
+            " or use compute.gpu for an accelerator"
+        )
+    return inf
 
 
 def _parse_name(value: Any) -> str:
@@ -254,6 +273,8 @@ def _parse_networking(value: Any) -> str | None:
 
 def _parse_one_spec(data: Any, spec_file: str) -> APISpec:
     data = mapping(data, "an API spec")
+    if "pod" in data:
+        raise Invalid(_POD_REFUSAL)
     check_keys(data, ["name", "kind", "handler", "predictor", "compute", "networking"], "")
     if "handler" in data and "predictor" in data:
         raise Invalid("handler and predictor are both given; use handler only")
@@ -270,52 +291,13 @@ def _parse_one_spec(data: Any, spec_file: str) -> APISpec:
     )
 
 
-class _DuplicateKey(yaml.YAMLError):
-    """A mapping repeats a key; the message names the key and the line of the repeat."""
-
-    def __init__(self, key: Any, line: int) -> None:
-        super().__init__(f"duplicate key {show(key)} at line {line}")
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that rejects a repeated key (PyYAML silently keeps the last one)."""
-
-    def compose_mapping_node(self, anchor: Any) -> yaml.MappingNode:
-        # Checked when composed, not constructed: by construction time PyYAML's merge-key
-        # flattening may have copied ``<<: *base`` keys into the node, and overriding them is fine.
-        node = super().compose_mapping_node(anchor)
-        seen = set()
-        for key_node, _ in node.value:
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
-                continue  # a non-scalar key is unhashable; the constructor reports it
-            key = self.construct_object(key_node)
-            if key in seen:
-                raise _DuplicateKey(key, key_node.start_mark.line + 1)
-            seen.add(key)
-        return node
-
-
-def _load_yaml(text: str, source: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_StrictLoader)  # safe: _StrictLoader is a SafeLoader
-    except _DuplicateKey as error:
-        raise SpecError(f"{source}: {error}") from None
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        line = f" at line {mark.line + 1}" if mark else ""
-        problem = error.problem or error.context or "malformed"
-        raise SpecError(one_line(f"{source}: invalid YAML{line}: {problem}")) from None
-    except yaml.YAMLError as error:
-        raise SpecError(one_line(f"{source}: invalid YAML: {error}")) from None
-
-
 def parse_api_specs(text: str, source: str = "batchapi.yaml") -> list[APISpec]:
     """Parse a spec file's text: one mapping, or a list of mappings like Cortex.
 
     >>> [s.name for s in parse_api_specs("name: my-api\\nhandler: {path: handler.py}")]
     ['my-api']
     """
-    data = _load_yaml(text, source)
+    data = load_yaml(text, source)
     if data is None:
         raise SpecError(f"{source} is empty; it must hold an API spec with name and handler")
     entries = data if isinstance(data, list) else [data]
@@ -351,21 +333,39 @@ def find_spec_file(project_dir: str | Path) -> Path:
         raise SpecError(f"project directory {str(root)!r} not found")
     found = [root / name for name in SPEC_FILE_NAMES if (root / name).is_file()]
     if not found:
-        raise SpecError(f"no batchapi.yaml or cortex.yaml in {root}")
+        others = sorted(p for p in root.glob("*.y*ml") if p.suffix in (".yaml", ".yml"))
+        hint = f"; to deploy another spec file, give its path: deploy {others[0]}" if others else ""
+        raise SpecError(f"no batchapi.yaml or cortex.yaml in {root}{hint}")
     if len(found) > 1:
         names = " and ".join(p.name for p in found)
         raise SpecError(f"both {names} in {root}; keep only one spec file")
     return found[0]
 
 
-def load_api_specs(project_dir: str | Path) -> list[APISpec]:
+def locate_project(path: str | Path) -> tuple[Path, Path]:
+    """``(project directory, spec file)`` of a project directory or of a spec file's path.
+
+    A spec file (``cortex_cpu.yaml``, any name) makes its folder the project, as
+    ``cortex deploy cortex_cpu.yaml`` does.
+
+    >>> locate_project("my-api/cortex_cpu.yaml")  # doctest: +SKIP
+    (PosixPath('my-api'), PosixPath('my-api/cortex_cpu.yaml'))
+    """
+    path = Path(path)
+    if path.is_file():
+        return path.parent, path
+    return path, find_spec_file(path)
+
+
+def load_api_specs(project: str | Path) -> list[APISpec]:
     """Find, read and validate the project's spec file, and check the handler files exist.
+
+    ``project`` is the project directory or the path of its spec file (:func:`locate_project`).
 
     >>> load_api_specs("my-api")  # doctest: +SKIP
     [APISpec(name='my-api', ...)]
     """
-    root = Path(project_dir)
-    path = find_spec_file(root)
+    root, path = locate_project(project)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
@@ -373,6 +373,8 @@ def load_api_specs(project_dir: str | Path) -> list[APISpec]:
     specs = parse_api_specs(text, path.name)
     for spec in specs:
         _check_handler_files(root, spec)
+        key = "predictor" if spec.handler.legacy_predictor else "handler"
+        check_dependencies(root, spec.handler.dependencies, f"{spec.spec_file}: {key}.dependencies")
     return specs
 
 
