@@ -269,3 +269,35 @@ def test_deploy_needs_no_local_install_of_the_requirements(tmp_path, store_dir):
     (project / "requirements.txt").unlink()  # without dependency files: still an error
     result = run_cli("deploy", str(project))
     assert result.returncode != 0 and "No module named 'torch_not_here_xyz'" in result.stderr
+
+
+def test_two_workers_of_one_host_install_once(tmp_path):
+    """The lock: the workers of a host take turns, one installs and the other reuses."""
+    cache = tmp_path / "cache"
+    with dask.config.set({"batchapi.dependencies.cache-dir": str(cache)}):
+        with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster:
+            with Client(cluster) as dask_client:
+                client = batchapi.client(store=str(tmp_path / "store"), cluster=dask_client)
+                project = wheel_project(
+                    tmp_path / "p", "two-workers", "2.0", PLAIN_HANDLER, shell=False
+                )
+                (project / "handler.py").write_text(
+                    "import os, time\nimport tinypkg\n\nclass Handler:\n"
+                    "    def handle_batch(self, payload):\n        time.sleep(0.1)\n"
+                    "        return {'pid': os.getpid(), 'version': tinypkg.VERSION}\n"
+                )
+                api = client.deploy(project)
+                out = tmp_path / "out"
+                job = api.submit(
+                    {
+                        "workers": 2,
+                        "item_list": {"items": list(range(12)), "batch_size": 1},
+                        "output": str(out),
+                    }
+                )
+                assert job.wait(timeout=120) == "succeeded"
+                parts = [json.loads(p.read_text()) for p in (out / job.job_id).iterdir()]
+                messages = _messages(client, api.name, job.job_id)
+    assert len({p["pid"] for p in parts}) == 2 and {p["version"] for p in parts} == {"2.0"}
+    assert sum("Successfully installed tinypkg-2.0" in m for m in messages) == 1
+    assert sum("reusing the installed cache" in m for m in messages) == 1
