@@ -29,6 +29,7 @@ from dask_batchapi.store.jobstore import JobStore
 
 logger = logging.getLogger(__name__)
 
+
 # -- deploy ---------------------------------------------------------------------------------
 def deploy(store: JobStore, project_dir: str | os.PathLike) -> list[dict]:
     """Validate and store every API of a project directory (or of a spec file's path: the
@@ -188,7 +189,9 @@ def _refuse_if_driver_alive(record: JobRecord, state: JobState) -> None:
     heartbeat; elsewhere, a fresh heartbeat means alive."""
     job_id = record.job_id
     alive = driver_alive(state)
-    stale = is_interrupted(record.job_fields(), state, time.time(), float(config.get("heartbeat-timeout")))
+    stale = is_interrupted(
+        record.job_fields(), state, time.time(), float(config.get("heartbeat-timeout"))
+    )
     if alive is True or (alive is None and not stale):
         raise JobStateError(
             f"job {job_id} is {state.status} and its driver is alive; stop it first or wait"

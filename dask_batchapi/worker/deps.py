@@ -69,8 +69,14 @@ def cache_root() -> Path:
     else:
         base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
         root = Path(base) / "dask-batchapi" / "deps"
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    info = root.stat()
+    try:
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        info = root.stat()
+    except OSError as error:
+        raise DependencyError(
+            f"cannot create the dependency cache {root}: {error.strerror};"
+            " set batchapi.dependencies.cache-dir to a writable folder"
+        ) from None
     if info.st_uid != os.getuid():
         raise DependencyError(f"dependency cache {root} belongs to another user; refused")
     if info.st_mode & 0o077:
