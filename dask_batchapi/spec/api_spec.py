@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dask_batchapi.errors import HandlerError, SpecError
+from dask_batchapi.spec._cortex import parse_handler_type, parse_inf, parse_kind, refuse_pod
 from dask_batchapi.spec._validate import (
     Invalid,
     check_keys,
@@ -58,6 +59,7 @@ __all__ = [
     "ItemList",
     "Submission",
     "api_spec_from_dict",
+    "check_project_files",
     "deep_merge",
     "find_spec_file",
     "load_api_specs",
@@ -76,13 +78,6 @@ SPEC_FILE_NAMES = ("batchapi.yaml", "batchapi.yml", "cortex.yaml", "cortex.yml")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MAX_NAME_LENGTH = 42
 _NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_OTHER_KINDS = ("RealtimeAPI", "TaskAPI", "AsyncAPI", "TrafficSplitter")
-_UNSUPPORTED_TYPES = ("tensorflow", "onnx")
-_POD_REFUSAL = (
-    "pod: container-based Batch APIs (Cortex >= 0.36) are not supported; write the container's"
-    " batch logic as a Python Handler class and declare it with handler: {type: python, path:"
-    " handler.py} instead of pod: (see docs/migrating-from-cortex.md)"
-)
 
 
 # --------------------------------------------------------------------------- API spec
@@ -178,20 +173,9 @@ def _parse_dependencies(value: Any, where: str) -> Dependencies:
     return Dependencies(**{k: string(v, f"{where}.{k}") for k, v in data.items()})
 
 
-def _parse_handler_type(value: Any, where: str) -> str:
-    if value in _UNSUPPORTED_TYPES:
-        raise Invalid(
-            f"{where} {value!r} is not supported, use type: python (load the model in the"
-            " Handler's __init__; a models: section can move into handler.config)"
-        )
-    if value != "python":
-        raise Invalid(f"{where} must be python, got {show(value)}")
-    return value
-
-
 def _parse_handler(data: dict, key: str) -> HandlerSpec:
     known = [f.name for f in dataclasses.fields(HandlerSpec) if f.name != "legacy_predictor"]
-    handler_type = _parse_handler_type(data.get("type", "python"), f"{key}.type")  # before keys:
+    handler_type = parse_handler_type(data.get("type", "python"), f"{key}.type")  # before keys:
     check_keys(data, known, "", f"{key}.")  # a tensorflow handler's models: is no typo
     if data.get("path") is None:
         raise Invalid(f"{key}.path is required (the handler file, e.g. handler.py)")
@@ -228,20 +212,10 @@ def _parse_compute(value: Any) -> ComputeSpec:
     return ComputeSpec(
         cpu=None if cpu is None else parse_cpu(cpu, "compute.cpu"),
         gpu=integer(data.get("gpu", 0), "compute.gpu", 0),
-        inf=_parse_inf(data.get("inf", 0)),
+        inf=parse_inf(data.get("inf", 0)),
         mem=None if mem is None else parse_quantity(mem, "compute.mem"),
         node_groups=None if groups is None else str_list(groups, "compute.node_groups"),
     )
-
-
-def _parse_inf(value: Any) -> int:
-    inf = integer(value, "compute.inf", 0)
-    if inf:
-        raise Invalid(
-            f"compute.inf {inf} is not supported (AWS Inferentia chips); remove compute.inf,"
-            " or use compute.gpu for an accelerator"
-        )
-    return inf
 
 
 def _parse_name(value: Any) -> str:
@@ -257,14 +231,6 @@ def _parse_name(value: Any) -> str:
     return value
 
 
-def _parse_kind(value: Any) -> str:
-    if value in _OTHER_KINDS:
-        raise Invalid(f"kind {value} is not supported, only kind: BatchAPI")
-    if value != "BatchAPI":
-        raise Invalid(f"kind must be BatchAPI, got {show(value)}")
-    return value
-
-
 def _parse_networking(value: Any) -> str | None:
     data = mapping(value, "networking", optional=True)
     check_keys(data, ["endpoint"], "", "networking.")
@@ -273,8 +239,7 @@ def _parse_networking(value: Any) -> str | None:
 
 def _parse_one_spec(data: Any, spec_file: str) -> APISpec:
     data = mapping(data, "an API spec")
-    if "pod" in data:
-        raise Invalid(_POD_REFUSAL)
+    refuse_pod(data)
     check_keys(data, ["name", "kind", "handler", "predictor", "compute", "networking"], "")
     if "handler" in data and "predictor" in data:
         raise Invalid("handler and predictor are both given; use handler only")
@@ -283,7 +248,7 @@ def _parse_one_spec(data: Any, spec_file: str) -> APISpec:
         raise Invalid("handler is required (a mapping with at least path)")
     return APISpec(  # keyword arguments are checked in this order
         name=_parse_name(data.get("name")),
-        kind=_parse_kind(data.get("kind", "BatchAPI")),
+        kind=parse_kind(data.get("kind", "BatchAPI")),
         handler=_parse_handler(mapping(data[key], key), key),
         compute=_parse_compute(data.get("compute")),
         endpoint=_parse_networking(data.get("networking")),
@@ -372,10 +337,15 @@ def load_api_specs(project: str | Path) -> list[APISpec]:
         raise SpecError(one_line(f"{path.name}: cannot be read: {error}")) from None
     specs = parse_api_specs(text, path.name)
     for spec in specs:
-        _check_handler_files(root, spec)
-        key = "predictor" if spec.handler.legacy_predictor else "handler"
-        check_dependencies(root, spec.handler.dependencies, f"{spec.spec_file}: {key}.dependencies")
+        check_project_files(root, spec)
     return specs
+
+
+def check_project_files(root: Path, spec: APISpec) -> None:
+    """Check that the files ``spec`` names are in the project: handler, python_path, deps."""
+    _check_handler_files(root, spec)
+    key = "predictor" if spec.handler.legacy_predictor else "handler"
+    check_dependencies(root, spec.handler.dependencies, f"{spec.spec_file}: {key}.dependencies")
 
 
 def _inside(root: Path, relative: str) -> Path | None:
