@@ -301,3 +301,22 @@ def test_two_workers_of_one_host_install_once(tmp_path):
     assert len({p["pid"] for p in parts}) == 2 and {p["version"] for p in parts} == {"2.0"}
     assert sum("Successfully installed tinypkg-2.0" in m for m in messages) == 1
     assert sum("reusing the installed cache" in m for m in messages) == 1
+
+
+def test_cli_deploys_a_spec_file_and_the_embedded_cluster_installs(tmp_path, store_dir):
+    """The user's path: `deploy cortex_cpu.yaml`, `submit --wait`; the cache from dask config
+    (an environment variable) reaches the detached runner's workers."""
+    project = wheel_project(tmp_path / "proj", "cli-wheel", "2.0", PLAIN_HANDLER, shell=False)
+    (project / "batchapi.yaml").rename(project / "cortex_cpu.yaml")
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    env = {"DASK_BATCHAPI__DEPENDENCIES__CACHE_DIR": str(cache)}
+    assert run_cli("deploy", str(project / "cortex_cpu.yaml"), env=env).returncode == 0
+    submission = {"workers": 1, "item_list": {"items": [1], "batch_size": 1}, "output": str(out)}
+    (tmp_path / "job.json").write_text(json.dumps(submission))
+    result = run_cli(
+        "submit", "cli-wheel", str(tmp_path / "job.json"), "--wait", "-o", "json", env=env
+    )
+    assert result.returncode == 0, result.stderr
+    job_id = json.loads(result.stdout)["job_status"]["job_id"]
+    [part] = [json.loads(p.read_text()) for p in (out / job_id).iterdir()]
+    assert part["version"] == "2.0" and part["file"].startswith(str(cache) + os.sep)

@@ -240,7 +240,7 @@ def _run(command: list[str], cwd: Path, what: str) -> None:
         for line in process.stdout:
             if line.strip():
                 tail.append(line.rstrip())
-                logger.info(line.rstrip())
+                logger.log(_level(line), line.rstrip())
         code = process.wait()
     finally:
         timer.cancel()
@@ -257,6 +257,14 @@ def _kill(process: subprocess.Popen, killed: threading.Event) -> None:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def _level(line: str) -> int:
+    """pip's and conda's ``ERROR:`` / ``WARNING:`` lines keep their level in the job's log."""
+    head = line.lstrip()[:8].upper()
+    if head.startswith("ERROR"):
+        return logging.ERROR
+    return logging.WARNING if head.startswith("WARNING") else logging.INFO
 
 
 def _errors(tail: collections.deque[str]) -> str:
