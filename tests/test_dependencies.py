@@ -212,6 +212,7 @@ def _deps_project(tmp_path, files: dict, spec: str | None = None):
     [
         ("numpy>=1.0\nfoo==\n", "requirements.txt:2: invalid requirement 'foo==': "),
         ("--frobnicate\n", "requirements.txt:1: unknown pip option '--frobnicate' "),
+        ("-r more.txt\n", "requirements.txt:1: -r more.txt: no such file next to requirements.txt"),
     ],
 )
 def test_requirement_lines_must_parse_at_deploy(tmp_path, requirements, message):
@@ -266,6 +267,14 @@ def test_deploy_needs_no_local_install_of_the_requirements(tmp_path, store_dir):
     result = run_cli("deploy", str(project))
     assert result.returncode == 0, result.stderr
     assert "its signatures were read from its source" in result.stderr
+    (project / "handler.py").write_text(handler.replace("payload, batch_id", "data"))
+    result = run_cli("deploy", str(project))  # read from the source, still checked
+    assert result.returncode != 0
+    assert (
+        "Handler.handle_batch: unknown argument 'data' (allowed: payload, batch_id)"
+        in result.stderr
+    )
+    (project / "handler.py").write_text(handler)
     (project / "requirements.txt").unlink()  # without dependency files: still an error
     result = run_cli("deploy", str(project))
     assert result.returncode != 0 and "No module named 'torch_not_here_xyz'" in result.stderr

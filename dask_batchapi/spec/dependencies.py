@@ -126,8 +126,12 @@ def _option_problem(path: Path, line: str, seen: frozenset) -> str | None:
         return (
             f"unknown pip option {name!r} (a requirements file accepts {', '.join(_PIP_OPTIONS)})"
         )
+    if name not in _FILE_OPTIONS or "://" in value:
+        return None
     included = (path.parent / value.strip()).resolve()
-    if name in _FILE_OPTIONS and included.is_file() and included not in seen:
+    if not included.is_file():
+        return f"{name} {value.strip()}: no such file next to {path.name}"
+    if included not in seen:
         check_requirements(included, value.strip(), seen | {path.resolve()})
     return None
 
