@@ -329,3 +329,55 @@ def test_cli_deploys_a_spec_file_and_the_embedded_cluster_installs(tmp_path, sto
     job_id = json.loads(result.stdout)["job_status"]["job_id"]
     [part] = [json.loads(p.read_text()) for p in (out / job_id).iterdir()]
     assert part["version"] == "2.0" and part["file"].startswith(str(cache) + os.sep)
+
+
+FAKE_CONDA = """#!/bin/bash
+# A stand-in for conda (none on this machine): `conda create --yes --quiet --prefix P --file F`
+# makes a prefix with a Python package and a command, as conda would.
+while [ $# -gt 0 ]; do
+  case "$1" in --prefix) prefix="$2"; shift;; --file) file="$2"; shift;; esac; shift
+done
+site="$prefix/lib/python{version}/site-packages/condapkg"
+mkdir -p "$site" "$prefix/bin"
+echo "PACKAGES = $(python3 -c 'import json,sys; print(json.dumps(open(sys.argv[1]).read().split()))' "$file")" > "$site/__init__.py"
+printf '#!/bin/bash\\necho from-conda-bin\\n' > "$prefix/bin/condatool"
+chmod +x "$prefix/bin/condatool"
+echo "created $prefix"
+"""
+
+CONDA_HANDLER = """
+    import subprocess
+    import condapkg
+
+    class Handler:
+        def handle_batch(self, payload):
+            tool = subprocess.run(["condatool"], capture_output=True, text=True).stdout.strip()
+            return {"packages": condapkg.PACKAGES, "tool": tool}
+    """
+
+
+def test_conda_packages_install_into_a_prefix_on_the_handlers_paths(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    (bin_dir / "conda").write_text(FAKE_CONDA.replace("{version}", version))
+    (bin_dir / "conda").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    cache = tmp_path / "cache"
+    project = write_project(
+        tmp_path / "p",
+        CONDA_HANDLER,
+        name="conda-api",
+        files={"conda-packages.txt": "conda-forge::rdkit\n"},
+    )
+    with dask.config.set({"batchapi.dependencies.cache-dir": str(cache)}):
+        with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster:
+            with Client(cluster) as dask_client:
+                client = batchapi.client(store=str(tmp_path / "store"), cluster=dask_client)
+                api = client.deploy(project)
+                status, parts = _run(client, api, tmp_path / "out")
+                after = dask_client.run(lambda: os.environ["PATH"])
+    assert status["job_status"]["status"] == "succeeded", status["job_status"]["error"]
+    assert parts[0] == {"packages": ["conda-forge::rdkit"], "tool": "from-conda-bin"}
+    assert all(str(cache) not in path for path in after.values())  # PATH restored at teardown
+    assert [p.name.split("-")[0] for p in cache.iterdir() if p.is_dir()] == ["conda"]
