@@ -169,7 +169,7 @@ def _digest_requirements(digest, path: Path, seen: set[Path]) -> None:
         local = path.parent / (value.strip() if name in _LOCAL_OPTIONS else line.split(";")[0])
         try:
             exists = local.exists() and local.resolve() not in seen
-        except OSError:  # a requirement such as "numpy>=1" is no path
+        except (OSError, ValueError):  # a requirement such as "numpy>=1" is no path
             continue
         if exists and name in _INCLUDES:
             _digest_requirements(digest, local, seen)
