@@ -8,7 +8,8 @@ offending value: ``item_list.batch_size must be an integer >= 1, got 0``.
 
     BatchAPIError
     ├── SpecError            API spec (batchapi.yaml / cortex.yaml) or project directory
-    │   └── HandlerError     handler.py: missing Handler class, bad signature, import failure
+    │   ├── HandlerError     handler.py: missing Handler class, bad signature, import failure
+    │   └── DependencyError  requirements.txt / conda-packages.txt / dependencies.sh failed to install
     ├── SubmissionError      job submission JSON
     ├── SourceError          input data: no matching file, unreadable bucket, bad endpoint
     ├── StoreError           the job store cannot be read or written
@@ -32,6 +33,21 @@ class SpecError(BatchAPIError):
 
 class HandlerError(SpecError):
     """The handler file cannot be loaded or its ``Handler`` class is not usable."""
+
+
+class DependencyError(SpecError):
+    """The project's dependencies could not be installed on a worker.
+
+    ``output`` holds the installer's last lines of output (its own traceback, as it were).
+    """
+
+    def __init__(self, message: str, output: str = "") -> None:
+        super().__init__(message)
+        self.output = output
+
+    def info(self) -> tuple[str, str, str]:
+        """(type name, message, installer output), the shape of a worker's error info."""
+        return type(self).__name__, str(self), self.output
 
 
 class SubmissionError(BatchAPIError):

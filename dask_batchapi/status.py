@@ -97,6 +97,7 @@ class JobState:
     heartbeat: float | None = None
     driver: dict = field(default_factory=dict)  # host, pid
     dashboard_link: str | None = None
+    custom_metrics: list = field(default_factory=list)  # the handler's metrics_client, aggregated
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -169,6 +170,7 @@ def status_document(
             "lost": state.lost,
         },
         worker_counts=_worker_counts(state),
+        custom_metrics=state.custom_metrics,
         error=state.error,
         dashboard_link=state.dashboard_link,
         heartbeat=utcnow_iso(state.heartbeat) if state.heartbeat else None,

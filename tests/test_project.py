@@ -366,7 +366,7 @@ def test_check_syntax_error_in_imported_module(tmp_path):
         ),
         (
             "class Handler:\n    def __init__(self, cfg):\n        pass\n    def handle_batch(self):\n        pass\n",
-            "Handler.__init__: unknown argument 'cfg' (allowed: config, job_spec)",
+            "Handler.__init__: unknown argument 'cfg' (allowed: config, job_spec, metrics_client)",
         ),
         (
             "class Handler:\n    def handle_batch(self):\n        pass\n    def on_job_complete(self, x):\n        pass\n",

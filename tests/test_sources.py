@@ -432,7 +432,7 @@ def _bad_file(tmp_path):
 @pytest.mark.parametrize("batch_size", [1, 3, 7, 20, 1000])
 def test_bad_json_fails_exactly_one_batch(tmp_path, batch_size):
     path, body = _bad_file(tmp_path)
-    bad_byte = body.index("oops")
+    bad_byte = body.index('{"i": 12, oops}')  # where the bad value starts
     refs = batches_of([path], batch_size)
     assert_exact_sizes(refs, batch_size, 20)  # the bad line counts as one value
     payloads = load_payloads(refs)
@@ -465,7 +465,7 @@ def test_bad_json_byte_offset_counts_utf8_bytes(tmp_path):
     (path,) = write(tmp_path, {"u.jsonl": body})
     payloads = load_payloads(batches_of([path], 1))
     assert payloads[0] == ["ééé"] and payloads[1] == ["日本語"] and payloads[3] == ["ok"]
-    byte = body.encode().index(b"bad")
+    byte = body.encode().index(b"{bad")
     assert str(payloads[2]).endswith(
         f"invalid JSON at line 3 (byte {byte}): "
         + ("Expecting property name enclosed in double quotes")
@@ -696,3 +696,17 @@ def test_batch_ref_segments_describe_and_size():
     assert pickle.loads(pickle.dumps(ref)) == ref
     index = FileIndex("s3://b/1", 3, (0, 20), 2, 30, (1, 3))
     assert pickle.loads(pickle.dumps(index)) == index
+
+
+def test_bad_json_is_reported_where_the_bad_value_starts(tmp_path):
+    # issue 14: the value starting at line 3 was reported at line 5, where the parser gave up
+    body = '{"i": 1}\n{"i": 2}\n{"i": 3,\n  "j": 1,\n  "k" 2}\n{"i": 4}\n'
+    (path,) = write(tmp_path, {"multi.jsonl": body})
+    start = body.index('{"i": 3')
+    for index in (index_file(path, 1), index_file(path, 1, block_size=3)):
+        payloads = load_payloads(list(iter_delimited_batches([index], 1)))
+        errors = [p for p in payloads if isinstance(p, InvalidJSONError)]
+        assert len(errors) == 1
+        assert (errors[0].line, errors[0].byte) == (3, start)
+        assert str(errors[0]).startswith(f"{path}: invalid JSON at line 3 (byte {start}): ")
+        assert "(parser stopped at line 5, byte " in str(errors[0])

@@ -115,7 +115,7 @@ def test_delimited_files_across_files(s3_bucket):  # noqa: F811
     assert payloads[0] == [{"i": 0}, {"i": 1}]
     assert payloads[1] == [{"i": 2}, {"i": 3}]
     assert isinstance(payloads[2], InvalidJSONError)
-    assert str(payloads[2]).startswith(f"{files[2]}: invalid JSON at line 3 (byte 19): ")
+    assert str(payloads[2]).startswith(f"{files[2]}: invalid JSON at line 3 (byte 10): ")
     assert payloads[3] == [{"i": 6}, {"i": 7}]
 
 

@@ -282,7 +282,11 @@ def test_unknown_kind():
 @pytest.mark.parametrize("handler_type", ["tensorflow", "onnx"])
 def test_unsupported_handler_types(handler_type):
     msg = spec_error(MINIMAL + f"  type: {handler_type}\n")
-    assert msg == f"batchapi.yaml: handler.type '{handler_type}' is not supported, use type: python"
+    assert msg == (
+        f"batchapi.yaml: handler.type '{handler_type}' is not supported, use type: python"
+        " (load the model in the Handler's __init__; a models: section can move into"
+        " handler.config)"
+    )
     assert spec_error(MINIMAL + "  type: java\n") == (
         "batchapi.yaml: handler.type must be python, got 'java'"
     )

@@ -71,10 +71,11 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("project_dir", type=click.Path(file_okay=False))
+@click.argument("project_dir", type=click.Path())
 @store_option
 def deploy(project_dir: str, store: str | None) -> None:
-    """Register or update the API(s) of PROJECT_DIR in the store."""
+    """Register or update the API(s) of PROJECT_DIR (or of a spec file; its folder is the
+    project) in the store."""
     apis = _client(store).deploy(project_dir)
     for api in apis if isinstance(apis, list) else [apis]:
         click.echo(f"deployed {api.name} (BatchAPI, {len(api.record['files'])} files)")
@@ -257,11 +258,22 @@ def _job_detail(j: dict) -> str:
         "",
         f"workers: {j['workers']} requested, {j['worker_counts']['running']} running",
     ]
+    if j.get("custom_metrics"):
+        lines += ["", "custom metrics:", _table([_metric_row(m) for m in j["custom_metrics"]])]
     if j.get("error"):
         lines.append(f"error: {j['error'].get('message')}")
     if j.get("interrupted"):
         lines.append(f"the job's driver died; resume it: {j['resume_command']}")
     return "\n".join(lines)
+
+
+def _metric_row(m: dict) -> dict:
+    tags = ",".join(f"{k}:{v}" for k, v in m["tags"].items()) or "-"
+    if m["type"] == "histogram":
+        value = f"count={m['count']} sum={m['sum']:g} min={m['min']:g} max={m['max']:g}"
+    else:
+        value = f"{m['value']:g}"
+    return {"name": m["name"], "type": m["type"], "tags": tags, "value": value}
 
 
 def _table(rows: list[dict]) -> str:

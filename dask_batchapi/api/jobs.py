@@ -21,7 +21,7 @@ from dask_batchapi.driver import warm as service
 from dask_batchapi.driver.ledger import read_dead_letter
 from dask_batchapi.driver.liveness import driver_alive, read_state
 from dask_batchapi.errors import JobStateError, SubmissionError
-from dask_batchapi.spec.api_spec import Submission, load_api_specs
+from dask_batchapi.spec.api_spec import Submission, load_api_specs, locate_project
 from dask_batchapi.spec.project import check_handler, pack_project
 from dask_batchapi.spec.record import JobRecord
 from dask_batchapi.status import JobState, JobStatus, is_interrupted, status_document, utcnow_iso
@@ -29,11 +29,13 @@ from dask_batchapi.store.jobstore import JobStore
 
 logger = logging.getLogger(__name__)
 
+
 # -- deploy ---------------------------------------------------------------------------------
 def deploy(store: JobStore, project_dir: str | os.PathLike) -> list[dict]:
-    """Validate and store every API of a project directory; returns their records."""
-    project = Path(project_dir).expanduser().resolve()
-    specs = load_api_specs(project)
+    """Validate and store every API of a project directory (or of a spec file's path: the
+    project is then the file's folder); returns their records."""
+    project, spec_file = locate_project(Path(project_dir).expanduser().resolve())
+    specs = load_api_specs(spec_file)
     records = []
     for spec in specs:
         signature = check_handler(project, spec.handler)
@@ -187,7 +189,9 @@ def _refuse_if_driver_alive(record: JobRecord, state: JobState) -> None:
     heartbeat; elsewhere, a fresh heartbeat means alive."""
     job_id = record.job_id
     alive = driver_alive(state)
-    stale = is_interrupted(record.job_fields(), state, time.time(), float(config.get("heartbeat-timeout")))
+    stale = is_interrupted(
+        record.job_fields(), state, time.time(), float(config.get("heartbeat-timeout"))
+    )
     if alive is True or (alive is None and not stale):
         raise JobStateError(
             f"job {job_id} is {state.status} and its driver is alive; stop it first or wait"

@@ -47,6 +47,7 @@ from dask_batchapi.sources.batches import BatchRef
 from dask_batchapi.spec.record import JobRecord
 from dask_batchapi.status import JobState, JobStatus, parse_iso, utcnow_iso
 from dask_batchapi.store.jobstore import JobStore
+from dask_batchapi.worker.metrics import merge_metrics
 from dask_batchapi.worker.plugin import (
     TIMEOUT_EVENT,
     JobContext,
@@ -210,6 +211,7 @@ class JobDriver:
             self.tick()
         result = self._one_result(future) or {"error": lost_info(future), "logs": []}
         self._ckpt.logs.extend(result.get("logs", ()))
+        self._merge_metrics(result)
         if result.get("error"):
             kind, message, tb = result["error"]
             self.log.error(f"on_job_complete raised {kind}: {message}", traceback=tb)
@@ -356,8 +358,13 @@ class JobDriver:
     def _handle_chunk(self, chunk: list[BatchRef], result: dict) -> None:
         self.state.in_flight -= len(chunk)
         self._ckpt.logs.extend(result.get("logs", ()))
+        self._merge_metrics(result)
         if result.get("init_error"):
             kind, message, tb = result["init_error"]
+            if kind == "DependencyError":  # the project's requirements failed to install
+                self.log.error(f"installing dependencies failed: {message}", output=tb)
+                error = {"type": kind, "message": message, "reason": "dependencies"}
+                raise JobEnded(JobStatus.WORKER_ERROR, error)
             self.log.error(f"Handler.__init__ raised {kind}: {message}", traceback=tb)
             raise JobEnded(
                 JobStatus.WORKER_ERROR, error_info_dict("Handler.__init__", result["init_error"])
@@ -372,6 +379,13 @@ class JobDriver:
                 self.book.failed(by_index[index], err)
         for index in result.get("not_run", ()):
             self.book.retry.append(by_index[index])
+
+    def _merge_metrics(self, result: dict) -> None:
+        if result.get("metrics"):
+            limit = int(config.get("custom-metrics-max-series"))
+            self.state.custom_metrics = merge_metrics(
+                self.state.custom_metrics, result["metrics"], limit
+            )
 
     def _record_time(self, seconds: float) -> None:
         self.state.batch_seconds += seconds

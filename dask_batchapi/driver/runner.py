@@ -10,6 +10,7 @@ shape until idle that long (:mod:`dask_batchapi.driver.warm`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -147,6 +148,7 @@ def _context(
         storage_options=config.storage_options(),
         batch_timeout=submission.batch_timeout,
         batch_timeout_grace=float(config.get("batch-timeout-grace")),
+        dependencies=dataclasses.asdict(spec.handler.dependencies),
     )
 
 

@@ -17,9 +17,10 @@ parsed, the *bad stretch* -- from where that value starts to the end of the line
 parser gave up (or the end of the file if no newline follows) -- counts as exactly ONE value.
 Parsing resumes after that newline. The index counts the stretch like any other value, so
 batches are cut exactly as if it were good; when the batch holding it is loaded, that batch
-(and only that batch) fails with :class:`InvalidJSONError`::
+(and only that batch) fails with :class:`InvalidJSONError`, which names the line and byte where
+the bad value starts (and where the parser gave up, when that is on a later line)::
 
-    s3://b/data/2.jsonl: invalid JSON at line 5 (byte 812): Expecting value
+    s3://b/data/2.jsonl: invalid JSON at line 3 (byte 40): Expecting value (parser stopped at line 5, byte 812)
 
 Every other value of the file is delivered exactly once. The one cost of the policy: a value
 that is broken by a missing closing bracket swallows the lines up to where the parser noticed,
@@ -304,7 +305,7 @@ def index_file(
                     values = None  # too big to keep: its batches read their ranges
             if values is not None:
                 bad = found[2]
-                values.append(found[1] if bad is None else _Bad(*cur.locate(bad[0]), bad[1]))
+                values.append(found[1] if bad is None else _Bad(*_where(cur, found, True)))
             count += 1
         size = cur.bytes_seen
     except Exception as exc:
@@ -411,11 +412,22 @@ def _take_runs(cur: _Cursor, url: str, skip: int, takes: Sequence[int], lines_kn
             if found[2] is None:
                 values.append(found[1])
             elif error is None:
-                pos, reason = found[2]
-                byte, line = cur.locate(pos)
+                byte, line, reason = _where(cur, found, lines_known)
                 error = InvalidJSONError(url, line if lines_known else None, byte, reason)
         results.append(values if error is None else error)
     return results
+
+
+def _where(cur: _Cursor, found: tuple, lines_known: bool) -> tuple[int, int, str]:
+    """(byte, line, reason) of a bad stretch: where its value starts, since that is where the
+    user must look; the reason adds where the parser gave up if that is on a later line."""
+    start, _, (stop, reason) = found
+    byte, line = cur.locate(start)
+    stop_byte, stop_line = cur.locate(stop)
+    if stop_line != line:
+        at = f"line {stop_line}, byte {stop_byte}" if lines_known else f"byte {stop_byte}"
+        reason = f"{reason} (parser stopped at {at})"
+    return byte, line, reason
 
 
 def _missing(url: str, cur: _Cursor, missing: int) -> SourceError:

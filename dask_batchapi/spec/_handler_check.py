@@ -5,10 +5,15 @@ handler's import-time side effects and crashes stay out of the caller. It uses t
 library only (the child must not pay for importing dask). The request comes as JSON on stdin;
 the result is written as JSON to the file the request names, never to stdout, which the handler
 may print to freely.
+
+A project with dependency files (``requirements.txt``...) imports packages that only its workers
+install. When the import stops at a missing module, and the request says the project has such
+files, the signatures are read from the source instead (``ast``), as written in the class.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import inspect
 import json
@@ -22,7 +27,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-INIT_ARGS = ("config", "job_spec")
+INIT_ARGS = ("config", "job_spec", "metrics_client")
 BATCH_ARGS = ("payload", "batch_id")
 COMPLETE_METHODS = ("on_job_complete", "handle_on_job_complete")
 MODULE_NAME = "_batchapi_handler"
@@ -30,6 +35,10 @@ MODULE_NAME = "_batchapi_handler"
 
 class HandlerProblem(Exception):
     """The handler file or its class is not usable; the message is one line."""
+
+
+class _MissingModule(HandlerProblem):
+    """The handler imports a module this machine lacks (the workers may install it)."""
 
 
 def _one_line(text: str) -> str:
@@ -88,8 +97,9 @@ def _import_handler(path: Path, shown: str) -> types.ModuleType:
             ) from None
         raise HandlerProblem(_one_line(f"{shown}: import failed: SyntaxError: {error}")) from None
     except BaseException as error:  # noqa: B036 - SystemExit at import is a failure to report too
-        message = f"{shown}: import failed: {type(error).__name__}: {error}"
-        raise HandlerProblem(_one_line(message)) from None
+        message = _one_line(f"{shown}: import failed: {type(error).__name__}: {error}")
+        problem = _MissingModule if isinstance(error, ModuleNotFoundError) else HandlerProblem
+        raise problem(message) from None
     return module
 
 
@@ -104,7 +114,13 @@ def check(request: dict[str, Any]) -> dict[str, Any]:
     shown, legacy = request["handler_path"], request["legacy"]
     sys.path[:0] = request["sys_path"]
     sys.path.append(request["package_root"])  # for cortex_internal / dask_batchapi imports
-    module = _import_handler(Path(request["project_dir"]) / shown, shown)
+    path = Path(request["project_dir"]) / shown
+    try:
+        module = _import_handler(path, shown)
+    except _MissingModule as missing:
+        if not request.get("has_dependencies"):
+            raise
+        return {**static_check(path, shown, legacy, missing), "static": str(missing)}
     class_name = "PythonPredictor" if legacy else "Handler"
     cls = getattr(module, class_name, None)
     if not inspect.isclass(cls):
@@ -121,6 +137,48 @@ def check(request: dict[str, Any]) -> dict[str, Any]:
         "init_args": _init_args(cls, class_name),
         "batch_method": batch_method,
         "batch_args": signature_args(batch, BATCH_ARGS, f"{class_name}.{batch_method}"),
+        "complete_method": complete,
+    }
+
+
+def _ast_args(func: ast.FunctionDef, allowed: tuple[str, ...], where: str) -> tuple[str, ...]:
+    """:func:`signature_args` for a method as written in the source."""
+    a = func.args
+    static = any(getattr(d, "id", None) == "staticmethod" for d in func.decorator_list)
+    named = [(p.arg, True) for p in a.posonlyargs] + [(p.arg, False) for p in a.args]
+    named = named[0 if static else 1 :] + [(p.arg, False) for p in a.kwonlyargs]
+    for name, positional_only in named:
+        if name not in allowed:
+            choices = ", ".join(allowed) or "none"
+            raise HandlerProblem(f"{where}: unknown argument '{name}' (allowed: {choices})")
+        if positional_only:
+            raise HandlerProblem(f"{where}: argument '{name}' must not be positional-only")
+    return tuple(allowed) if a.kwarg else tuple(name for name, _ in named)
+
+
+def static_check(path: Path, shown: str, legacy: bool, missing: HandlerProblem) -> dict:
+    """The handler's signature read from its source; ``missing`` is raised when the source
+    does not say (the class or the method is not written in the file itself)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    class_name = "PythonPredictor" if legacy else "Handler"
+    node = next(
+        (n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == class_name), None
+    )
+    if node is None:
+        raise missing
+    methods = {n.name: n for n in node.body if isinstance(n, ast.FunctionDef)}
+    batch_method = "predict" if legacy else "handle_batch"
+    if batch_method not in methods:
+        raise missing
+    complete = next((n for n in COMPLETE_METHODS if n in methods), None)
+    if complete is not None:
+        _ast_args(methods[complete], (), f"{class_name}.{complete}")
+    init = methods.get("__init__")
+    return {
+        "class_name": class_name,
+        "init_args": _ast_args(init, INIT_ARGS, f"{class_name}.__init__") if init else (),
+        "batch_method": batch_method,
+        "batch_args": _ast_args(methods[batch_method], BATCH_ARGS, f"{class_name}.{batch_method}"),
         "complete_method": complete,
     }
 

@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dask_batchapi.errors import HandlerError, SpecError
+from dask_batchapi.spec._cortex import parse_handler_type, parse_inf, parse_kind, refuse_pod
 from dask_batchapi.spec._validate import (
     Invalid,
     check_keys,
@@ -34,6 +33,8 @@ from dask_batchapi.spec._validate import (
     str_list,
     string,
 )
+from dask_batchapi.spec._yaml import load_yaml
+from dask_batchapi.spec.dependencies import check_dependencies
 from dask_batchapi.spec.submission import (
     DelimitedFiles,
     FilePathLister,
@@ -58,10 +59,12 @@ __all__ = [
     "ItemList",
     "Submission",
     "api_spec_from_dict",
+    "check_project_files",
     "deep_merge",
     "find_spec_file",
     "load_api_specs",
     "load_submission",
+    "locate_project",
     "parse_api_specs",
     "parse_cpu",
     "parse_quantity",
@@ -75,9 +78,6 @@ SPEC_FILE_NAMES = ("batchapi.yaml", "batchapi.yml", "cortex.yaml", "cortex.yml")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MAX_NAME_LENGTH = 42
 _NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_OTHER_KINDS = ("RealtimeAPI", "TaskAPI", "AsyncAPI", "TrafficSplitter")
-_UNSUPPORTED_TYPES = ("tensorflow", "onnx")
-_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 # --------------------------------------------------------------------------- API spec
@@ -173,17 +173,10 @@ def _parse_dependencies(value: Any, where: str) -> Dependencies:
     return Dependencies(**{k: string(v, f"{where}.{k}") for k, v in data.items()})
 
 
-def _parse_handler_type(value: Any, where: str) -> str:
-    if value in _UNSUPPORTED_TYPES:
-        raise Invalid(f"{where} {value!r} is not supported, use type: python")
-    if value != "python":
-        raise Invalid(f"{where} must be python, got {show(value)}")
-    return value
-
-
 def _parse_handler(data: dict, key: str) -> HandlerSpec:
     known = [f.name for f in dataclasses.fields(HandlerSpec) if f.name != "legacy_predictor"]
-    check_keys(data, known, "", f"{key}.")
+    handler_type = parse_handler_type(data.get("type", "python"), f"{key}.type")  # before keys:
+    check_keys(data, known, "", f"{key}.")  # a tensorflow handler's models: is no typo
     if data.get("path") is None:
         raise Invalid(f"{key}.path is required (the handler file, e.g. handler.py)")
     path = string(data["path"], f"{key}.path")
@@ -197,7 +190,7 @@ def _parse_handler(data: dict, key: str) -> HandlerSpec:
         parse_quantity(shm, f"{key}.shm_size")
     return HandlerSpec(
         path=path,
-        type=_parse_handler_type(data.get("type", "python"), f"{key}.type"),
+        type=handler_type,
         config=json_mapping(data.get("config"), f"{key}.config"),
         python_path=string(data.get("python_path"), f"{key}.python_path", optional=True),
         env=_parse_env(data.get("env"), f"{key}.env"),
@@ -219,7 +212,7 @@ def _parse_compute(value: Any) -> ComputeSpec:
     return ComputeSpec(
         cpu=None if cpu is None else parse_cpu(cpu, "compute.cpu"),
         gpu=integer(data.get("gpu", 0), "compute.gpu", 0),
-        inf=integer(data.get("inf", 0), "compute.inf", 0),
+        inf=parse_inf(data.get("inf", 0)),
         mem=None if mem is None else parse_quantity(mem, "compute.mem"),
         node_groups=None if groups is None else str_list(groups, "compute.node_groups"),
     )
@@ -238,14 +231,6 @@ def _parse_name(value: Any) -> str:
     return value
 
 
-def _parse_kind(value: Any) -> str:
-    if value in _OTHER_KINDS:
-        raise Invalid(f"kind {value} is not supported, only kind: BatchAPI")
-    if value != "BatchAPI":
-        raise Invalid(f"kind must be BatchAPI, got {show(value)}")
-    return value
-
-
 def _parse_networking(value: Any) -> str | None:
     data = mapping(value, "networking", optional=True)
     check_keys(data, ["endpoint"], "", "networking.")
@@ -254,6 +239,7 @@ def _parse_networking(value: Any) -> str | None:
 
 def _parse_one_spec(data: Any, spec_file: str) -> APISpec:
     data = mapping(data, "an API spec")
+    refuse_pod(data)
     check_keys(data, ["name", "kind", "handler", "predictor", "compute", "networking"], "")
     if "handler" in data and "predictor" in data:
         raise Invalid("handler and predictor are both given; use handler only")
@@ -262,51 +248,12 @@ def _parse_one_spec(data: Any, spec_file: str) -> APISpec:
         raise Invalid("handler is required (a mapping with at least path)")
     return APISpec(  # keyword arguments are checked in this order
         name=_parse_name(data.get("name")),
-        kind=_parse_kind(data.get("kind", "BatchAPI")),
+        kind=parse_kind(data.get("kind", "BatchAPI")),
         handler=_parse_handler(mapping(data[key], key), key),
         compute=_parse_compute(data.get("compute")),
         endpoint=_parse_networking(data.get("networking")),
         spec_file=spec_file,
     )
-
-
-class _DuplicateKey(yaml.YAMLError):
-    """A mapping repeats a key; the message names the key and the line of the repeat."""
-
-    def __init__(self, key: Any, line: int) -> None:
-        super().__init__(f"duplicate key {show(key)} at line {line}")
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that rejects a repeated key (PyYAML silently keeps the last one)."""
-
-    def compose_mapping_node(self, anchor: Any) -> yaml.MappingNode:
-        # Checked when composed, not constructed: by construction time PyYAML's merge-key
-        # flattening may have copied ``<<: *base`` keys into the node, and overriding them is fine.
-        node = super().compose_mapping_node(anchor)
-        seen = set()
-        for key_node, _ in node.value:
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
-                continue  # a non-scalar key is unhashable; the constructor reports it
-            key = self.construct_object(key_node)
-            if key in seen:
-                raise _DuplicateKey(key, key_node.start_mark.line + 1)
-            seen.add(key)
-        return node
-
-
-def _load_yaml(text: str, source: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_StrictLoader)  # safe: _StrictLoader is a SafeLoader
-    except _DuplicateKey as error:
-        raise SpecError(f"{source}: {error}") from None
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        line = f" at line {mark.line + 1}" if mark else ""
-        problem = error.problem or error.context or "malformed"
-        raise SpecError(one_line(f"{source}: invalid YAML{line}: {problem}")) from None
-    except yaml.YAMLError as error:
-        raise SpecError(one_line(f"{source}: invalid YAML: {error}")) from None
 
 
 def parse_api_specs(text: str, source: str = "batchapi.yaml") -> list[APISpec]:
@@ -315,7 +262,7 @@ def parse_api_specs(text: str, source: str = "batchapi.yaml") -> list[APISpec]:
     >>> [s.name for s in parse_api_specs("name: my-api\\nhandler: {path: handler.py}")]
     ['my-api']
     """
-    data = _load_yaml(text, source)
+    data = load_yaml(text, source)
     if data is None:
         raise SpecError(f"{source} is empty; it must hold an API spec with name and handler")
     entries = data if isinstance(data, list) else [data]
@@ -351,29 +298,54 @@ def find_spec_file(project_dir: str | Path) -> Path:
         raise SpecError(f"project directory {str(root)!r} not found")
     found = [root / name for name in SPEC_FILE_NAMES if (root / name).is_file()]
     if not found:
-        raise SpecError(f"no batchapi.yaml or cortex.yaml in {root}")
+        others = sorted(p for p in root.glob("*.y*ml") if p.suffix in (".yaml", ".yml"))
+        hint = f"; to deploy another spec file, give its path: deploy {others[0]}" if others else ""
+        raise SpecError(f"no batchapi.yaml or cortex.yaml in {root}{hint}")
     if len(found) > 1:
         names = " and ".join(p.name for p in found)
         raise SpecError(f"both {names} in {root}; keep only one spec file")
     return found[0]
 
 
-def load_api_specs(project_dir: str | Path) -> list[APISpec]:
+def locate_project(path: str | Path) -> tuple[Path, Path]:
+    """``(project directory, spec file)`` of a project directory or of a spec file's path.
+
+    A spec file (``cortex_cpu.yaml``, any name) makes its folder the project, as
+    ``cortex deploy cortex_cpu.yaml`` does.
+
+    >>> locate_project("my-api/cortex_cpu.yaml")  # doctest: +SKIP
+    (PosixPath('my-api'), PosixPath('my-api/cortex_cpu.yaml'))
+    """
+    path = Path(path)
+    if path.is_file():
+        return path.parent, path
+    return path, find_spec_file(path)
+
+
+def load_api_specs(project: str | Path) -> list[APISpec]:
     """Find, read and validate the project's spec file, and check the handler files exist.
+
+    ``project`` is the project directory or the path of its spec file (:func:`locate_project`).
 
     >>> load_api_specs("my-api")  # doctest: +SKIP
     [APISpec(name='my-api', ...)]
     """
-    root = Path(project_dir)
-    path = find_spec_file(root)
+    root, path = locate_project(project)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise SpecError(one_line(f"{path.name}: cannot be read: {error}")) from None
     specs = parse_api_specs(text, path.name)
     for spec in specs:
-        _check_handler_files(root, spec)
+        check_project_files(root, spec)
     return specs
+
+
+def check_project_files(root: Path, spec: APISpec) -> None:
+    """Check that the files ``spec`` names are in the project: handler, python_path, deps."""
+    _check_handler_files(root, spec)
+    key = "predictor" if spec.handler.legacy_predictor else "handler"
+    check_dependencies(root, spec.handler.dependencies, f"{spec.spec_file}: {key}.dependencies")
 
 
 def _inside(root: Path, relative: str) -> Path | None:

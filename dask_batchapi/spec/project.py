@@ -32,6 +32,7 @@ from dotenv import dotenv_values
 from dask_batchapi.errors import HandlerError, SpecError
 from dask_batchapi.spec import _handler_check
 from dask_batchapi.spec.api_spec import HandlerSpec
+from dask_batchapi.spec.dependencies import dependency_files
 
 logger = logging.getLogger(__name__)
 
@@ -341,6 +342,7 @@ def check_handler(
         "legacy": handler.legacy_predictor,
         "sys_path": [str((root / (handler.python_path or ".")).resolve()), str(root)],
         "package_root": str(Path(__file__).resolve().parents[1]),
+        "has_dependencies": bool(dependency_files(root, handler.dependencies, handler.path)),
     }
     with tempfile.TemporaryDirectory(prefix="batchapi-check-") as tmp:
         request["result_path"] = str(Path(tmp) / "result.json")
@@ -354,4 +356,12 @@ def check_handler(
         result = json.loads(result_file.read_text(encoding="utf-8"))
     if not result["ok"]:
         raise HandlerError(result["error"])
-    return HandlerSignature.from_dict(result["signature"])
+    signature = dict(result["signature"])
+    if signature.pop("static", None):
+        logger.warning(
+            "%s imports what only the workers install (%s); its signatures were read from"
+            " its source",
+            handler.path,
+            result["signature"]["static"].split(": ", 2)[-1],
+        )
+    return HandlerSignature.from_dict(signature)

@@ -32,11 +32,14 @@ from typing import Any
 from distributed import get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from dask_batchapi.errors import DependencyError
 from dask_batchapi.logging import install_collector, log_context
 from dask_batchapi.sources.batches import load_payloads
 from dask_batchapi.sources.delimited import PARSED
 from dask_batchapi.spec.project import read_env_file, unpack_project
 from dask_batchapi.worker.capture import capture_output
+from dask_batchapi.worker.deps import Installed, install_dependencies
+from dask_batchapi.worker.metrics import MetricsClient
 from dask_batchapi.worker.outputs import OutputWriter
 
 logger = logging.getLogger(__name__)
@@ -91,6 +94,7 @@ class JobContext:
     storage_options: dict = field(default_factory=dict)
     batch_timeout: float | None = None
     batch_timeout_grace: float = 5.0
+    dependencies: dict = field(default_factory=dict)  # handler.dependencies: {kind: file}
 
 
 class JobPlugin(WorkerPlugin):
@@ -119,6 +123,8 @@ class JobPlugin(WorkerPlugin):
         self._current_lock = threading.Lock()
         self._watchdog: BatchWatchdog | None = None
         self._bound: tuple | None = None
+        self.metrics = MetricsClient.from_config()
+        self._deps = Installed()
 
     def __getstate__(self) -> dict:
         return {"context": self.context, "archive": self.archive, "name": self.name}
@@ -158,7 +164,8 @@ class JobPlugin(WorkerPlugin):
     def _cleanup(self) -> None:
         with _HANDLER_LOCK:
             self.handler = None
-            for name in self._modules:
+            late = [n for n, m in list(sys.modules.items()) if self._own(m)]  # lazy imports
+            for name in [*self._modules, *late]:
                 sys.modules.pop(name, None)
             for entry in self._sys_path:
                 while entry in sys.path:
@@ -179,6 +186,8 @@ class JobPlugin(WorkerPlugin):
             if self.handler is None and self.init_error is None:
                 try:
                     self.handler = self._build_handler()
+                except DependencyError as exc:  # its "traceback" is the installer's output
+                    self.init_error = exc.info()
                 except BaseException as exc:  # noqa: BLE001 - any init failure is the job's error
                     self.init_error = error_info(exc)
         return self.handler
@@ -187,10 +196,24 @@ class JobPlugin(WorkerPlugin):
         ctx, sig = self.context, self.context.signature
         self._export_env({**read_env_file(self.dir), **ctx.env})
         with self._in_project():
+            self._use_dependencies(install_dependencies(self.dir, ctx.dependencies))
             module = self._import_handler()
             cls = getattr(module, sig["class_name"])
-            kwargs = {"config": ctx.config, "job_spec": ctx.job_spec}
+            kwargs = {
+                "config": ctx.config,
+                "job_spec": ctx.job_spec,
+                "metrics_client": self.metrics,
+            }
             return cls(**{name: kwargs[name] for name in sig["init_args"]})
+
+    def _use_dependencies(self, installed: Installed) -> None:
+        """Installed dependencies: on sys.path (see _import_handler) and, for the processes
+        the handler starts, on PATH and PYTHONPATH; all restored at teardown."""
+        self._deps = installed
+        for name, entries in (("PATH", installed.bin_dirs), ("PYTHONPATH", installed.paths)):
+            if entries:
+                old = os.environ.get(name)
+                self._export_env({name: os.pathsep.join([*entries, *([old] if old else [])])})
 
     def _export_env(self, values: dict[str, str]) -> None:
         for key, value in values.items():
@@ -207,7 +230,7 @@ class JobPlugin(WorkerPlugin):
         """
         ctx = self.context
         paths = [str(self.dir / ctx.python_path)] if ctx.python_path else []
-        for entry in [*paths, str(self.dir)]:
+        for entry in [*self._deps.paths, *paths, str(self.dir)]:
             while entry in sys.path:
                 sys.path.remove(entry)
             sys.path.insert(0, entry)
@@ -229,11 +252,12 @@ class JobPlugin(WorkerPlugin):
 
     def _own(self, module: Any) -> bool:
         path = getattr(module, "__file__", None) or ""
-        return path.startswith(str(self.dir) + os.sep)
+        return path.startswith(tuple(p + os.sep for p in [str(self.dir), *self._deps.paths]))
 
     def _other_project(self, module: Any) -> bool:
         path = getattr(module, "__file__", None) or ""
-        return path.startswith(str(self.dir.parent) + os.sep) and not self._own(module)
+        roots = [str(self.dir.parent), *([self._deps.root] if self._deps.root else [])]
+        return path.startswith(tuple(r + os.sep for r in roots)) and not self._own(module)
 
     @contextmanager
     def _in_project(self, **log_fields: str):
@@ -261,7 +285,8 @@ class JobPlugin(WorkerPlugin):
             return {**result, "not_run": [r.index for r in refs], "outcomes": []}
         self._ensure_handler()
         if self.init_error is not None:
-            return {**result, "init_error": self.init_error, "outcomes": []}
+            logs = install_collector().drain(self.context.job_id)  # the installer's output
+            return {**result, "init_error": self.init_error, "outcomes": [], "logs": logs}
         payloads = load_payloads(refs, self.context.storage_options, self.context.job_id)
         outcomes, not_run = [], []
         with self._in_project():  # once per chunk: cwd, output capture, the handler lock
@@ -274,7 +299,14 @@ class JobPlugin(WorkerPlugin):
                 except BatchTimeout as exc:  # raised just after the batch ended: still counts
                     outcomes.append((ref.index, False, 0.0, error_info(exc)))
         logs = install_collector().drain(self.context.job_id)
-        return {**result, "outcomes": outcomes, "not_run": not_run, "logs": logs}
+        metrics = self.metrics.drain()
+        return {
+            **result,
+            "outcomes": outcomes,
+            "not_run": not_run,
+            "logs": logs,
+            "metrics": metrics,
+        }
 
     def _run_one(self, index: int, payload: Any) -> tuple:
         """(index, ok, seconds, error info or None) of one batch."""
@@ -344,6 +376,7 @@ class JobPlugin(WorkerPlugin):
             except Exception as exc:  # noqa: BLE001
                 result["error"] = error_info(exc)
         result["logs"] = install_collector().drain(self.context.job_id)
+        result["metrics"] = self.metrics.drain()
         return result
 
 
