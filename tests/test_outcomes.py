@@ -41,7 +41,7 @@ def test_success_is_recorded_and_forgotten(book):
 
 
 def test_failures_retry_until_the_attempts_are_spent(book):
-    for attempt in range(1, 3):
+    for _ in range(2):
         book.failed(ref(4), ERR)
         assert [r.index for r in book.retry] == [4] and book.state.dead_lettered == 0
         book.retry.clear()
