@@ -313,14 +313,22 @@ def stop(api_name: str, job_id: str, store: str | None) -> None:
 @click.argument("api_name")
 @click.argument("job_id")
 @click.option("--wait", is_flag=True, help="Block with a progress bar; exit 0 only on success.")
+@click.option("--force", is_flag=True, help="Resume even if the API was redeployed since.")
 @cluster_option
 @store_option
 @output_option
 def resume(
-    api_name: str, job_id: str, wait: bool, cluster: str | None, store: str | None, fmt: str
+    api_name: str,
+    job_id: str,
+    wait: bool,
+    force: bool,
+    cluster: str | None,
+    store: str | None,
+    fmt: str,
 ) -> None:
     """Finish an interrupted job; batches that succeeded are not rerun."""
-    _report_started(_client(store).resume_job(api_name, job_id, cluster=cluster), wait, fmt)
+    job = _client(store).resume_job(api_name, job_id, cluster=cluster, force=force)
+    _report_started(job, wait, fmt)
 
 
 @main.command()

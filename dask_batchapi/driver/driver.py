@@ -32,6 +32,8 @@ from distributed import Client, Future
 
 from dask_batchapi import config
 from dask_batchapi.cluster.backends import eligible_workers, missing_resources
+from dask_batchapi.driver.budget import BudgetGuard, not_attempted
+from dask_batchapi.driver.isolation import isolation_for
 from dask_batchapi.driver.ledger import Checkpointer
 from dask_batchapi.driver.log import DriverLog
 from dask_batchapi.driver.losses import (
@@ -118,7 +120,10 @@ class JobDriver:
             max_attempts=record.max_attempts,
             max_losses=int(config.get("max-worker-losses")),
             max_ooms=int(config.get("max-oom-retries")),
+            isolation=isolation_for(record),
+            guard=BudgetGuard(submission.error_budget),
         )
+        self._pulled = 0  # index after the last batch taken from the source (error budget)
         self._next_checkpoint = 0.0
         self._prefetch = int(config.get("prefetch"))
         self._chunk_target = float(config.get("chunk-target-seconds"))
@@ -143,6 +148,7 @@ class JobDriver:
         try:
             self._start()
             self._dispatch_until_drained()
+            self._end_if_over_budget()
             self._complete()
             failures = self.state.dead_lettered
             self._finish(JobStatus.COMPLETED_WITH_FAILURES if failures else JobStatus.SUCCEEDED)
@@ -188,10 +194,19 @@ class JobDriver:
         self.tick()  # a deadline may have passed, or a stop come, while the cluster started
         while True:
             self._fill_window()
-            if not self._inflight and self._source_done and not self.book.retry:
+            closed = self._source_done or self.book.guard.tripped
+            if not self._inflight and closed and not self.book.retry:
                 return
             self._handle(self._wait(_TICK))
             self.tick()
+
+    def _end_if_over_budget(self) -> None:
+        """The error budget stopped the job: every started batch is final, the rest never ran."""
+        guard = self.book.guard
+        if guard.tripped:
+            self.state.not_attempted = not_attempted(self.record, self.state, self._pulled)
+            self.log.error(guard.error()["message"])
+            raise JobEnded(JobStatus.COMPLETED_WITH_FAILURES, guard.error())
 
     def _complete(self) -> None:
         if not self.has_complete_hook:
@@ -250,7 +265,7 @@ class JobDriver:
             if not chunk:
                 return
             self._submit(chunk)
-            self._suspect_running = len(chunk) == 1 and self.book.is_suspect(chunk[0].index)
+            self._suspect_running = len(chunk) == 1 and self.book.is_suspect(chunk[0].key)
 
     def _chunk_size(self) -> int:
         if self._avg_batch is None:
@@ -269,14 +284,15 @@ class JobDriver:
 
     def _next_chunk(self, size: int) -> list[BatchRef]:
         chunk = self.book.next_retries(size)
-        if len(chunk) == 1 and self.book.is_suspect(chunk[0].index):
+        if len(chunk) == 1 and self.book.is_suspect(chunk[0].key):
             return chunk  # a memory suspect runs alone
-        while not self._source_done and len(chunk) < size:
+        while not self._source_done and not self.book.guard.tripped and len(chunk) < size:
             ref = next(self._source, None)
             if ref is None:
                 self._source_done = True
             else:
                 chunk.append(ref)
+                self._pulled = ref.index + 1
         return chunk
 
     def _submit(self, chunk: list[BatchRef]) -> None:
@@ -321,7 +337,7 @@ class JobDriver:
         entries = [self._inflight.pop(f.key) for f in futures if f.key in self._inflight]
         if entries and self._suspect_running:
             self._suspect_running = any(
-                len(c) == 1 and self.book.is_suspect(c[0].index)
+                len(c) == 1 and self.book.is_suspect(c[0].key)
                 for _, c, _ in self._inflight.values()
             )
         for f in futures:
@@ -362,16 +378,17 @@ class JobDriver:
             raise JobEnded(
                 JobStatus.WORKER_ERROR, error_info_dict("Handler.__init__", result["init_error"])
             )
-        by_index = {ref.index: ref for ref in chunk}
-        for index, ok, seconds, err in result["outcomes"]:
+        by_key = {ref.key: ref for ref in chunk}
+        items = result.get("failed_items") or {}
+        for key, ok, seconds, err in result["outcomes"]:
             self._record_time(seconds)
             if ok:
-                self.book.succeeded(index)
+                self.book.succeeded(by_key[key])
                 self._last_worker = result["worker"]
             else:
-                self.book.failed(by_index[index], err)
-        for index in result.get("not_run", ()):
-            self.book.retry.append(by_index[index])
+                self.book.failed(by_key[key], err, items.get(key))
+        for key in result.get("not_run", ()):
+            self.book.retry.append(by_key[key])
 
     def _record_time(self, seconds: float) -> None:
         self.state.batch_seconds += seconds
@@ -385,7 +402,7 @@ class JobDriver:
         self._refresh_workers()
         err = lost_info(future)
         timed_out = self._events(TIMEOUT_EVENT, since, "job_id", self.job_id)
-        timed_out = {e["index"] for e in timed_out}
+        timed_out = {e["index"] for e in timed_out}  # batch keys
         if self._events(_MEMORY_EVENT, since):
             self.log.warning(f"a worker ran out of memory; {len(chunk)} batch(es) rerun")
             self.book.out_of_memory(chunk, ("WorkerOutOfMemory", err[1], ""))
@@ -394,7 +411,7 @@ class JobDriver:
         self._counted_losses.discard(future.key)
         self.log.warning(f"{len(chunk)} batch(es) lost with their worker: {err[0]}: {err[1]}")
         for ref in chunk:
-            if ref.index in timed_out:
+            if ref.key in timed_out:
                 self.book.failed(ref, timeout_info(self.plugin.context.batch_timeout))
             else:
                 self.book.lost(ref, err, counted=counted)
