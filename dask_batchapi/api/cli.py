@@ -255,6 +255,15 @@ def _job_detail(j: dict) -> str:
         "",
         f"workers: {j['workers']} requested, {j['worker_counts']['running']} running",
     ]
+    items = j.get("item_metrics")
+    if items:
+        missing = "?" if items.get("not_attempted") is None else items["not_attempted"]
+        lines.insert(
+            -1,
+            f"items: {items['succeeded']} succeeded, {items['dead_lettered']} dead-lettered, "
+            f"{missing} not attempted",
+        )
+        lines.insert(-1, "")
     if j.get("error"):
         lines.append(f"error: {j['error'].get('message')}")
     if j.get("interrupted"):

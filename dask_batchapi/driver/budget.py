@@ -1,11 +1,13 @@
 """The error budget of one run of a job: stop taking new batches once too many items failed.
 
 :class:`BudgetGuard` counts the items of this run that are final (succeeded, or failed for good:
-in the dead letter) and trips once ``error_budget`` is exceeded. The driver then takes no new
-batch from the input, lets the batches it has started finish (their retries and isolated
-sub-batches included, so every started batch ends final), and ends the job
-``completed_with_failures`` with ``error.reason: "error budget exceeded"``. The batches it never
-took are not in the ledger: ``resume`` runs them. Each run has its own budget, so a resume
+in the dead letter) and trips once ``error_budget`` is exceeded. The driver then starts nothing
+new (no batch from the input, no retry, no isolated sub-batch), tells the workers to skip the
+batches still queued in running chunks, lets the batches being handled finish, and ends the job
+``completed_with_failures`` with ``error.reason: "error budget exceeded"``. Every batch not
+final (never taken, cancelled, or waiting for a retry) is not in the ledger: ``resume`` runs it
+(outputs already committed by isolated parts of it are not written twice). While a budget is
+set, chunks are kept small (:meth:`BudgetGuard.cap_chunk`) so that the budget is looked at often. Each run has its own budget, so a resume
 after a fix is not stopped at once by the failures of the run before.
 """
 
@@ -20,6 +22,7 @@ from dask_batchapi.status import JobState
 logger = logging.getLogger(__name__)
 
 REASON = "error budget exceeded"
+_WINDOW_SHARE = 8  # see BudgetGuard.cap_chunk
 
 
 class BudgetGuard:
@@ -37,6 +40,13 @@ class BudgetGuard:
         if self.budget is not None and not self.tripped:
             self.tripped = self.budget.exceeded(self.failed, self.seen)
 
+    def cap_chunk(self, size: int, remaining: int, slots: int) -> int:
+        """A chunk size small enough that the budget is looked at often: with a budget, the
+        window of chunks in flight holds at most about 1/8 of the remaining batches."""
+        if self.budget is None:
+            return size
+        return min(size, max(1, -(-remaining // (_WINDOW_SHARE * slots))))
+
     def error(self) -> dict:
         """The job's ``error`` when the budget ended it."""
         message = (
@@ -52,9 +62,13 @@ class BudgetGuard:
         }
 
 
-def not_attempted(record: JobRecord, state: JobState, from_batch: int) -> dict:
-    """What a job stopped by its budget never ran: every batch from ``from_batch`` on that is
-    not final (``batches`` / ``items``: their counts, None when the input's size is unknown)."""
+def not_attempted(
+    record: JobRecord, state: JobState, from_batch: int, unfinished: set[int]
+) -> dict:
+    """What a job stopped by its budget did not finish: the batches it ``started`` but did not
+    finish (``unfinished``: failed ones waiting for a retry, queued ones cancelled, isolated
+    ones partly run) and every batch from ``from_batch`` on that is not final.
+    ``batches`` / ``items``: their counts, None when the input's size is unknown."""
     total = state.total_batch_count
     batches = None if total is None else max(0, total - state.succeeded - state.dead_lettered)
     count = record.item_count if record.retry_refs is None else None
@@ -63,4 +77,9 @@ def not_attempted(record: JobRecord, state: JobState, from_batch: int) -> dict:
     items = None
     if count is not None:
         items = max(0, count - state.items_succeeded - state.items_dead_lettered)
-    return {"batches": batches, "items": items, "from_batch": from_batch}
+    return {
+        "batches": batches,
+        "items": items,
+        "unfinished": sorted(unfinished),
+        "from_batch": from_batch,
+    }

@@ -194,17 +194,22 @@ class JobDriver:
         self.tick()  # a deadline may have passed, or a stop come, while the cluster started
         while True:
             self._fill_window()
-            closed = self._source_done or self.book.guard.tripped
-            if not self._inflight and closed and not self.book.retry:
+            over_budget = self.book.guard.tripped
+            if not self._inflight and (over_budget or (self._source_done and not self.book.retry)):
                 return
             self._handle(self._wait(_TICK))
+            if self.book.guard.tripped and not over_budget:
+                self._cancel_queued()
             self.tick()
 
     def _end_if_over_budget(self) -> None:
         """The error budget stopped the job: every started batch is final, the rest never ran."""
         guard = self.book.guard
         if guard.tripped:
-            self.state.not_attempted = not_attempted(self.record, self.state, self._pulled)
+            unfinished = {ref.index for ref in self.book.retry} | self.book.open_batches()
+            self.state.not_attempted = not_attempted(
+                self.record, self.state, self._pulled, unfinished
+            )
             self.log.error(guard.error()["message"])
             raise JobEnded(JobStatus.COMPLETED_WITH_FAILURES, guard.error())
 
@@ -273,7 +278,9 @@ class JobDriver:
         size = int(self._chunk_target / max(self._avg_batch, 1e-6))
         remaining = self._remaining()
         if remaining is not None:  # keep the tail balanced across workers
-            size = min(size, math.ceil(remaining / (max(1, len(self.workers)) * self._prefetch)))
+            slots = max(1, len(self.workers)) * self._prefetch
+            size = min(size, math.ceil(remaining / slots))
+            size = self.book.guard.cap_chunk(size, remaining, slots)
         return max(1, min(size, self._max_chunk))
 
     def _remaining(self) -> int | None:
@@ -283,10 +290,12 @@ class JobDriver:
         return total - self.state.succeeded - self.state.dead_lettered - self.state.in_flight
 
     def _next_chunk(self, size: int) -> list[BatchRef]:
+        if self.book.guard.tripped:
+            return []  # over the error budget: nothing new starts
         chunk = self.book.next_retries(size)
         if len(chunk) == 1 and self.book.is_suspect(chunk[0].key):
             return chunk  # a memory suspect runs alone
-        while not self._source_done and not self.book.guard.tripped and len(chunk) < size:
+        while not self._source_done and len(chunk) < size:
             ref = next(self._source, None)
             if ref is None:
                 self._source_done = True
@@ -516,6 +525,13 @@ class JobDriver:
 
     def _unsubscribe(self) -> None:
         RemovalHub.forget(self.client, self._removals)
+
+    def _cancel_queued(self) -> None:
+        """The error budget tripped: batches still queued in running chunks do not start."""
+        try:
+            self.client.run(cancel_job, self.plugin.name)
+        except Exception as exc:  # noqa: BLE001 - the chunks then just run to their end
+            logger.debug("cancelling queued batches of %s failed: %s", self.job_id, exc)
 
     def _cancel_all(self) -> None:
         futures = [e[0] for e in self._inflight.values()]

@@ -70,6 +70,9 @@ class Isolation:
         logger.debug("batch %s split in %d + %d items", ref.key, left.size, right.size)
         return left, right
 
+    def open_batches(self) -> set[int]:
+        return set(self._open)
+
     def part_done(self, ref: BatchRef, succeeded: int, dead: int) -> tuple[int, int] | None:
         """A part of a split batch is final: the batch's (succeeded, dead) items once all are."""
         split = self._open.get(ref.index)

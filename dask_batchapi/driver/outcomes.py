@@ -80,6 +80,10 @@ class BatchBook:
         """Whether the next batch to run is a memory suspect (it must run alone)."""
         return bool(self.retry) and self.retry[0].key in self._suspects
 
+    def open_batches(self) -> set[int]:
+        """Batches being isolated (some of their parts are not final)."""
+        return self.isolation.open_batches() if self.isolation else set()
+
     def succeeded(self, ref: BatchRef) -> None:
         self.state.items_succeeded += ref.size
         self.guard.note(ref.size, 0)
