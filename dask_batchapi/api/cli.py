@@ -367,14 +367,15 @@ def dead_letter(api_name: str, job_id: str, store: str | None, fmt: str) -> None
     elif not records:
         click.echo("no failed batches")
     else:
-        click.echo(
-            _table(
-                [
-                    {"batch id": r["batch_id"], "attempts": r["attempts"], "error": r["error"][:80]}
-                    for r in records
-                ]
-            )
-        )
+        items = any("item_index" in r for r in records)  # isolated items: one row each
+        click.echo(_table([_dead_row(r, items) for r in records]))
+
+
+def _dead_row(record: dict, items: bool) -> dict:
+    row = {"batch id": record["batch_id"]}
+    if items:
+        row["item"] = record.get("item_index", "-")
+    return {**row, "attempts": record["attempts"], "error": record["error"][:80]}
 
 
 @main.command()

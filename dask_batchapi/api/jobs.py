@@ -73,6 +73,7 @@ def create_retry_job(store: JobStore, api_name: str, job_id: str, cluster: Any) 
         cluster=cluster,
         archive_sha256=api["archive_sha256"],
         spec_sha256=spec_sha256(api["spec"]),
+        submission_sha256=original.submission_sha256,  # its items are read lazily: not hashed
         retry_of=job_id,
         retry_refs=tuple(r["ref"] for r in dead),
     )
