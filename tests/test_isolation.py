@@ -84,6 +84,12 @@ def test_two_poison_items_of_1000_cost_two_records_and_nothing_else(poison_api, 
     # call that succeeded wrote one part; 20 calls without poison)
     calls = status["batch_metrics"]["failed"] + len(list((out / job.job_id).glob("part-*")))
     assert calls - 20 <= 2 * math.ceil(2 * math.log2(50)), calls
+    # the CLI shows the item outcomes
+    got = run_cli("get", "poison", job.job_id)
+    assert "items: 998 succeeded, 2 dead-lettered, 0 not attempted" in got.stdout, got.stderr
+    table = run_cli("dead-letter", "poison", job.job_id).stdout.splitlines()
+    assert table[0].split()[:3] == ["batch", "id", "item"] and len(table) == 3
+    assert table[1].split()[1] == "137"
     # retry reruns only the two items
     flag.write_text("fixed")
     retry = job.retry()
@@ -119,6 +125,36 @@ def test_delimited_poison_value_is_isolated_with_its_id(poison_api, tmp_path):
     lines = _lines(out, job.job_id)
     assert [line["id"] for line in lines] == [f"k{i}" for i in range(45) if i not in (16, 17)]
     assert job.status["job_status"]["item_metrics"]["succeeded"] == 43
+
+
+def test_file_path_lister_items_are_files(poison_api, tmp_path):
+    data = tmp_path / "files"
+    data.mkdir()
+    for i in range(7):
+        (data / f"f{i}.txt").write_text(str(i))
+    project = write_project(
+        tmp_path / "files-proj",
+        """
+        class Handler:
+            def handle_batch(self, payload):
+                if any(url.endswith("f4.txt") for url in payload):
+                    raise ValueError("bad file")
+                return [url.rsplit("/", 1)[1] for url in payload]
+        """,
+        name="files",
+    )
+    out = tmp_path / "out"
+    job = batchapi.deploy(project).submit(
+        {
+            "file_path_lister": {"s3_paths": [str(data)], "batch_size": 3},
+            "dead_letter": {"max_receive_count": 1, "isolate_items": True},
+            "output": str(out),
+        }
+    )
+    assert job.wait(timeout=90) == "completed_with_failures"
+    [record] = job.dead_letter()
+    assert record["item"].endswith("f4.txt") and record["item_index"] == 4
+    assert _lines(out, job.job_id) == [f"f{i}.txt" for i in range(7) if i != 4]
 
 
 def test_error_budget_stops_a_failing_job_early_and_resume_runs_the_rest(poison_api, tmp_path):

@@ -203,7 +203,7 @@ class JobDriver:
             self.tick()
 
     def _end_if_over_budget(self) -> None:
-        """The error budget stopped the job: every started batch is final, the rest never ran."""
+        """The error budget stopped the job: end it, listing what it did not run."""
         guard = self.book.guard
         if guard.tripped:
             unfinished = {ref.index for ref in self.book.retry} | self.book.open_batches()
