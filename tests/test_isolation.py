@@ -146,7 +146,7 @@ def test_file_path_lister_items_are_files(poison_api, tmp_path):
     out = tmp_path / "out"
     job = batchapi.deploy(project).submit(
         {
-            "file_path_lister": {"s3_paths": [str(data)], "batch_size": 3},
+            "file_path_lister": {"s3_paths": [f"{data}/"], "batch_size": 3},
             "dead_letter": {"max_receive_count": 1, "isolate_items": True},
             "output": str(out),
         }

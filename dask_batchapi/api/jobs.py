@@ -31,6 +31,7 @@ from dask_batchapi.store.jobstore import JobStore
 
 logger = logging.getLogger(__name__)
 
+
 # -- deploy ---------------------------------------------------------------------------------
 def deploy(store: JobStore, project_dir: str | os.PathLike) -> list[dict]:
     """Validate and store every API of a project directory; returns their records."""
@@ -171,9 +172,7 @@ def stop_job(store: JobStore, api_name: str, job_id: str) -> None:
     store.request_stop(api_name, job_id)
 
 
-def prepare_resume(
-    store: JobStore, api_name: str, job_id: str, force: bool = False
-) -> JobRecord:
+def prepare_resume(store: JobStore, api_name: str, job_id: str, force: bool = False) -> JobRecord:
     """Check that a job can be resumed (its driver is dead, it did not succeed, its API was
     not redeployed since it ran unless ``force``)."""
     record = store.get_job(api_name, job_id)
@@ -197,7 +196,9 @@ def _refuse_if_driver_alive(record: JobRecord, state: JobState) -> None:
     heartbeat; elsewhere, a fresh heartbeat means alive."""
     job_id = record.job_id
     alive = driver_alive(state)
-    stale = is_interrupted(record.job_fields(), state, time.time(), float(config.get("heartbeat-timeout")))
+    stale = is_interrupted(
+        record.job_fields(), state, time.time(), float(config.get("heartbeat-timeout"))
+    )
     if alive is True or (alive is None and not stale):
         raise JobStateError(
             f"job {job_id} is {state.status} and its driver is alive; stop it first or wait"
