@@ -127,6 +127,29 @@ def test_delimited_poison_value_is_isolated_with_its_id(poison_api, tmp_path):
     assert job.status["job_status"]["item_metrics"]["succeeded"] == 43
 
 
+def test_a_malformed_json_line_is_isolated_alone(poison_api, tmp_path):
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    lines = [json.dumps({"key": f"k{i}", "v": i}) for i in range(30)]
+    lines[11] = '{"key": "k11", "v": 11,,}'  # the one bad record
+    (data / "a.jsonl").write_text("\n".join(lines) + "\n")
+    job = poison_api.submit(
+        {
+            "delimited_files": {"s3_paths": [str(data)], "batch_size": 10, "id_key": "key"},
+            "dead_letter": {"max_receive_count": 1, "isolate_items": True},
+            "config": {"poison": []},
+            "output": str(out),
+        }
+    )
+    assert job.wait(timeout=90) == "completed_with_failures"
+    [record] = job.dead_letter()
+    assert record["item_index"] == 11 and record["item"] is None
+    assert record["error_type"] == "InvalidJSONError" and "line 12" in record["error"]
+    assert [line["id"] for line in _lines(out, job.job_id)] == [
+        f"k{i}" for i in range(30) if i != 11
+    ]
+
+
 def test_file_path_lister_items_are_files(poison_api, tmp_path):
     data = tmp_path / "files"
     data.mkdir()
