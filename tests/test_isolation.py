@@ -9,8 +9,9 @@ import json
 import math
 from pathlib import Path
 
+import psutil
 import pytest
-from conftest import run_cli, write_project
+from conftest import run_cli, wait_for, write_project
 
 import dask_batchapi as batchapi
 from dask_batchapi.driver.isolation import Isolation
@@ -20,16 +21,19 @@ from dask_batchapi.sources.delimited import index_file
 from dask_batchapi.sources.split import halves
 from dask_batchapi.spec.failures import ErrorBudget
 from dask_batchapi.spec.submission import parse_submission
+from dask_batchapi.status import JobState
 
 POISON_HANDLER = """
-    import os
+    import os, time
 
     class Handler:
         def __init__(self, config):
             self.poison = set(config["poison"])
             self.fixed = config.get("fixed")
+            self.sleep = config.get("sleep", 0)
 
         def handle_batch(self, payload):
+            time.sleep(self.sleep)
             if not (self.fixed and os.path.exists(self.fixed)):
                 for item in payload:
                     value = item["v"] if isinstance(item, dict) else item
@@ -99,6 +103,40 @@ def test_two_poison_items_of_1000_cost_two_records_and_nothing_else(poison_api, 
         {"id": "item-137", "output": 274},
         {"id": "item-602", "output": 1204},
     ]
+
+
+def test_driver_killed_mid_isolation_then_resumed_writes_every_output_once(poison_api, tmp_path):
+    out = tmp_path / "out"
+    job = poison_api.submit(
+        {
+            "workers": 1,
+            "item_list": {"items": list(range(200)), "batch_size": 20},
+            "dead_letter": {"max_receive_count": 1, "isolate_items": True},
+            "config": {"poison": [5, 150], "sleep": 0.15},
+            "output": str(out),
+        }
+    )
+    wait_for(lambda: job.dead_letter(), 60, "a first item in the dead letter")
+    state = JobState.from_dict(job.client.store.read_state("poison", job.job_id))
+    driver = psutil.Process(state.driver["pid"])
+    children = driver.children(recursive=True)
+    driver.kill()
+    assert len(job.dead_letter()) == 1  # killed while the second batch was being isolated
+    wait_for(lambda: not any(_alive(c) for c in children), 30, "the workers to exit")
+    result = run_cli("resume", "poison", job.job_id, "--wait")
+    status = job.status["job_status"]
+    assert status["status"] == "completed_with_failures", result.stderr
+    assert status["run"] == 2
+    assert status["item_metrics"] == {"succeeded": 198, "dead_lettered": 2, "not_attempted": 0}
+    assert [r["item_index"] for r in job.dead_letter()] == [5, 150]
+    assert _lines(out, job.job_id) == [2 * i for i in range(200) if i not in (5, 150)]
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_delimited_poison_value_is_isolated_with_its_id(poison_api, tmp_path):
