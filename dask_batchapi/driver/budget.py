@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 REASON = "error budget exceeded"
 _WINDOW_SHARE = 8  # see BudgetGuard.cap_chunk
+_UNKNOWN_CAP = 32
 
 
 class BudgetGuard:
@@ -40,11 +41,14 @@ class BudgetGuard:
         if self.budget is not None and not self.tripped:
             self.tripped = self.budget.exceeded(self.failed, self.seen)
 
-    def cap_chunk(self, size: int, remaining: int, slots: int) -> int:
+    def cap_chunk(self, size: int, remaining: int | None, slots: int) -> int:
         """A chunk size small enough that the budget is looked at often: with a budget, the
-        window of chunks in flight holds at most about 1/8 of the remaining batches."""
+        window of chunks in flight holds at most about 1/8 of the remaining batches (at most
+        ``_UNKNOWN_CAP`` batches a chunk while the input's size is unknown)."""
         if self.budget is None:
             return size
+        if remaining is None:
+            return min(size, _UNKNOWN_CAP)
         return min(size, max(1, -(-remaining // (_WINDOW_SHARE * slots))))
 
     def error(self) -> dict:

@@ -278,10 +278,12 @@ class JobDriver:
         size = int(self._chunk_target / max(self._avg_batch, 1e-6))
         remaining = self._remaining()
         if remaining is not None:  # keep the tail balanced across workers
-            slots = max(1, len(self.workers)) * self._prefetch
-            size = min(size, math.ceil(remaining / slots))
-            size = self.book.guard.cap_chunk(size, remaining, slots)
+            size = min(size, math.ceil(remaining / self._slots()))
+        size = self.book.guard.cap_chunk(size, remaining, self._slots())
         return max(1, min(size, self._max_chunk))
+
+    def _slots(self) -> int:
+        return max(1, len(self.workers)) * self._prefetch
 
     def _remaining(self) -> int | None:
         total = self.state.total_batch_count
