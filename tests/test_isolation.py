@@ -139,6 +139,17 @@ def _alive(process: psutil.Process) -> bool:
         return False
 
 
+def test_config_default_turns_isolation_on(poison_api, monkeypatch):
+    monkeypatch.setenv("DASK_BATCHAPI__ISOLATE_ITEMS", "true")  # the detached runner reads it
+    job = poison_api.submit(
+        {"item_list": {"items": list(range(8)), "batch_size": 4}, "config": {"poison": [6]}}
+    )
+    assert job.wait(timeout=60) == "completed_with_failures"
+    [record] = job.dead_letter()
+    assert record["item_index"] == 6
+    assert job.status["job_status"]["item_metrics"]["succeeded"] == 7
+
+
 def test_delimited_poison_value_is_isolated_with_its_id(poison_api, tmp_path):
     data, out = tmp_path / "data", tmp_path / "out"
     data.mkdir()
