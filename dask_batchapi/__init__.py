@@ -13,6 +13,7 @@ from dask_batchapi import config as _config  # noqa: F401 - registers the batcha
 from dask_batchapi.api.client import BatchAPI, BatchClient, Job, client, deploy, get_job
 from dask_batchapi.errors import (
     APINotFound,
+    APIRedeployed,
     BatchAPIError,
     ClusterError,
     HandlerError,
@@ -30,6 +31,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "APINotFound",
+    "APIRedeployed",
     "BatchAPI",
     "BatchAPIError",
     "BatchClient",

@@ -17,6 +17,7 @@ offending value: ``item_list.batch_size must be an integer >= 1, got 0``.
     │   ├── APINotFound      no API of that name in the store
     │   └── JobNotFound      no job of that id
     ├── JobStateError        the job is in the wrong state for the request (resume a live job)
+    │   └── APIRedeployed    resume of a job whose API was redeployed since (without --force)
     └── ClusterError         no cluster could be reached or built
 """
 
@@ -76,6 +77,10 @@ class JobNotFound(NotFound):
 
 class JobStateError(BatchAPIError):
     """The job's state does not allow the request."""
+
+
+class APIRedeployed(JobStateError):
+    """The job's API was redeployed since the job ran: resuming it would mix two versions."""
 
 
 class ClusterError(BatchAPIError):

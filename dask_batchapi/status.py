@@ -98,6 +98,10 @@ class JobState:
     driver: dict = field(default_factory=dict)  # host, pid
     dashboard_link: str | None = None
     custom_metrics: list = field(default_factory=list)  # the handler's metrics_client, aggregated
+    items_succeeded: int = 0  # items of succeeded batches and sub-batches
+    items_dead_lettered: int = 0  # items in the dead letter (all items of a dead whole batch)
+    not_attempted: dict | None = None  # set when the error budget ended the job early
+    versions: list = field(default_factory=list)  # API versions run, when resume --force mixed them
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -169,6 +173,11 @@ def status_document(
             "dead_lettered": state.dead_lettered,
             "lost": state.lost,
         },
+        items_dead_lettered=state.items_dead_lettered,
+        item_metrics=_item_metrics(record, state),
+        not_attempted=state.not_attempted,
+        versions=state.versions or None,
+        mixed_versions=len(state.versions) > 1,
         worker_counts=_worker_counts(state),
         custom_metrics=state.custom_metrics,
         error=state.error,
@@ -181,6 +190,21 @@ def status_document(
         ),
     )
     return {"job_status": job, "api_spec": api_spec}
+
+
+def _item_metrics(record: dict, state: JobState) -> dict:
+    """Per-item outcomes: succeeded, dead-lettered, and not attempted (known once the job has
+    ended early on its error budget, or when it ends with every item final: 0)."""
+    ended = (JobStatus.SUCCEEDED, JobStatus.COMPLETED_WITH_FAILURES)
+    if state.not_attempted is not None:
+        not_attempted = state.not_attempted.get("items")
+    else:  # every item of a job that ran to its end is final
+        not_attempted = 0 if state.job_status in ended else None
+    return {
+        "succeeded": state.items_succeeded,
+        "dead_lettered": state.items_dead_lettered,
+        "not_attempted": not_attempted,
+    }
 
 
 def _in_queue(state: JobState) -> int | None:

@@ -35,7 +35,7 @@ def ref(index: int) -> BatchRef:
 
 
 def test_success_is_recorded_and_forgotten(book):
-    book.succeeded(0)
+    book.succeeded(ref(0))
     assert book.state.succeeded == 1 and book.ckpt.succeeded == [0]
     assert not book.retry
 
@@ -77,7 +77,7 @@ def test_out_of_memory_makes_suspects_that_run_alone_then_blames_one(book):
     assert book.state.lost == 3 and all(book.is_suspect(i) for i in (1, 2, 3))
     assert book.suspect_next()
     assert [r.index for r in book.next_retries(8)] == [1]  # a suspect always runs alone
-    book.succeeded(1)
+    book.succeeded(ref(1))
     assert not book.is_suspect(1)
     [two] = book.next_retries(8)
     with pytest.raises(OutOfMemory, match=f"batch {JOB}-000002 ran its worker out of memory 2 times"):
@@ -93,7 +93,7 @@ def test_retries_come_back_in_chunks(book):
 
 
 def test_a_flush_makes_outcomes_durable(book):
-    book.succeeded(0)
+    book.succeeded(ref(0))
     book.failed(ref(1), ERR)
     book.failed(ref(1), ERR)
     book.failed(ref(1), ERR)

@@ -275,6 +275,9 @@ def test_widget_ends_at_100_percent_with_a_tick_and_the_counts():
         "succeeded": 500,
         "failed_attempts": 12,
         "dead_lettered": 0,
+        "items_succeeded": 0,  # a document without item_metrics (written before them)
+        "items_dead_lettered": 0,
+        "items_not_attempted": None,
         "done": 500,
         "total": 500,
         "percent": 100,
@@ -289,6 +292,17 @@ def test_widget_ends_at_100_percent_with_a_tick_and_the_counts():
     assert "500 succeeded / 12 failed attempts / 500 batches" in progress.counts.value
     assert '<a href="http://127.0.0.1:8787/status"' in progress.details.value
     assert "batchapi-progress" in progress.widget._dom_classes
+
+
+def test_widget_and_summary_show_per_item_outcomes():
+    doc = status_doc("completed_with_failures", succeeded=20, end="2026-11-27T03:10:20.000000Z")
+    doc["job_status"]["item_metrics"] = {"succeeded": 998, "dead_lettered": 2, "not_attempted": 0}
+    progress = WidgetProgress(scripted(doc), interval=0.001)
+    progress.run()
+    assert progress.values["items_dead_lettered"] == 2
+    items = "items: 998 succeeded, 2 dead-lettered, 0 not attempted"
+    assert f'<span class="batchapi-items">{items}</span>' in progress.counts.value
+    assert items in format_summary(progress.last_snapshot)
 
 
 def test_widget_shows_a_cross_and_the_status_of_a_failed_job():

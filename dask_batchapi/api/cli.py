@@ -258,6 +258,15 @@ def _job_detail(j: dict) -> str:
         "",
         f"workers: {j['workers']} requested, {j['worker_counts']['running']} running",
     ]
+    items = j.get("item_metrics")
+    if items:
+        missing = "?" if items.get("not_attempted") is None else items["not_attempted"]
+        lines.insert(
+            -1,
+            f"items: {items['succeeded']} succeeded, {items['dead_lettered']} dead-lettered, "
+            f"{missing} not attempted",
+        )
+        lines.insert(-1, "")
     if j.get("custom_metrics"):
         lines += ["", "custom metrics:", _table([_metric_row(m) for m in j["custom_metrics"]])]
     if j.get("error"):
@@ -327,14 +336,22 @@ def stop(api_name: str, job_id: str, store: str | None) -> None:
 @click.argument("api_name")
 @click.argument("job_id")
 @click.option("--wait", is_flag=True, help="Block with a progress bar; exit 0 only on success.")
+@click.option("--force", is_flag=True, help="Resume even if the API was redeployed since.")
 @cluster_option
 @store_option
 @output_option
 def resume(
-    api_name: str, job_id: str, wait: bool, cluster: str | None, store: str | None, fmt: str
+    api_name: str,
+    job_id: str,
+    wait: bool,
+    force: bool,
+    cluster: str | None,
+    store: str | None,
+    fmt: str,
 ) -> None:
     """Finish an interrupted job; batches that succeeded are not rerun."""
-    _report_started(_client(store).resume_job(api_name, job_id, cluster=cluster), wait, fmt)
+    job = _client(store).resume_job(api_name, job_id, cluster=cluster, force=force)
+    _report_started(job, wait, fmt)
 
 
 @main.command()
@@ -364,14 +381,15 @@ def dead_letter(api_name: str, job_id: str, store: str | None, fmt: str) -> None
     elif not records:
         click.echo("no failed batches")
     else:
-        click.echo(
-            _table(
-                [
-                    {"batch id": r["batch_id"], "attempts": r["attempts"], "error": r["error"][:80]}
-                    for r in records
-                ]
-            )
-        )
+        items = any("item_index" in r for r in records)  # isolated items: one row each
+        click.echo(_table([_dead_row(r, items) for r in records]))
+
+
+def _dead_row(record: dict, items: bool) -> dict:
+    row = {"batch id": record["batch_id"]}
+    if items:
+        row["item"] = record.get("item_index", "-")
+    return {**row, "attempts": record["attempts"], "error": record["error"][:80]}
 
 
 @main.command()

@@ -124,15 +124,18 @@ class BatchClient:
     def stop_job(self, api_name: str, job_id: str) -> None:
         jobs.stop_job(self.store, api_name, job_id)
 
-    def resume_job(self, api_name: str, job_id: str, cluster: Any = None) -> Job:
-        """Finish an interrupted job; batches already succeeded are not rerun."""
-        record = jobs.prepare_resume(self.store, api_name, job_id)
+    def resume_job(
+        self, api_name: str, job_id: str, cluster: Any = None, force: bool = False
+    ) -> Job:
+        """Finish an interrupted job; batches already succeeded are not rerun.
+
+        Refuses (``APIRedeployed``) when the API was redeployed since the job ran, unless
+        ``force``: the rest then runs with the new version, recorded in the status document."""
+        record = jobs.prepare_resume(self.store, api_name, job_id, force=force)
         target = cluster if cluster is not None else self.cluster
         target = target if target is not None else record.cluster
         target = "local" if target == "client" and cluster is None else target
-        jobs.check_cluster(
-            target, self.store.url, jobs.data_urls(record.submission)
-        )
+        jobs.check_cluster(target, self.store.url, jobs.data_urls(record.submission))
         driver = launch.start_job(self.store, record, target)
         return Job(self, api_name, job_id, driver=driver)
 
@@ -255,8 +258,8 @@ class Job:
     def stop(self) -> None:
         self.client.stop_job(self.api_name, self.job_id)
 
-    def resume(self, cluster: Any = None) -> Job:
-        return self.client.resume_job(self.api_name, self.job_id, cluster=cluster)
+    def resume(self, cluster: Any = None, force: bool = False) -> Job:
+        return self.client.resume_job(self.api_name, self.job_id, cluster=cluster, force=force)
 
     def logs(self) -> list[dict]:
         return self.client.logs(self.api_name, self.job_id)

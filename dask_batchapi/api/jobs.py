@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dask_batchapi import config
+from dask_batchapi.api.versions import check_resume, spec_sha256
 from dask_batchapi.driver import warm as service
 from dask_batchapi.driver.ledger import read_dead_letter
 from dask_batchapi.driver.liveness import driver_alive, read_state
@@ -24,6 +25,7 @@ from dask_batchapi.errors import JobStateError, SubmissionError
 from dask_batchapi.spec.api_spec import Submission, load_api_specs, locate_project
 from dask_batchapi.spec.project import check_handler, pack_project
 from dask_batchapi.spec.record import JobRecord
+from dask_batchapi.spec.submission import check_new_items
 from dask_batchapi.status import JobState, JobStatus, is_interrupted, status_document, utcnow_iso
 from dask_batchapi.store.jobstore import JobStore
 
@@ -72,6 +74,8 @@ def create_retry_job(store: JobStore, api_name: str, job_id: str, cluster: Any) 
         original.submission,
         cluster=cluster,
         archive_sha256=api["archive_sha256"],
+        spec_sha256=spec_sha256(api["spec"]),
+        submission_sha256=original.submission_sha256,  # its items are read lazily: not hashed
         retry_of=job_id,
         retry_refs=tuple(r["ref"] for r in dead),
     )
@@ -84,12 +88,14 @@ def create_job(store: JobStore, api: dict, submission: Submission, cluster: Any)
     if submission.output and "://" not in submission.output:
         # a local output path means the submitter's directory, not the driver's or a worker's
         submission = replace(submission, output=os.path.abspath(submission.output))
+    check_new_items(submission)
     files = matched_files(submission) if submission.source_kind != "item_list" else None
     record = JobRecord.new(
         api["name"],
         submission,
         cluster=cluster,
         archive_sha256=api["archive_sha256"],
+        spec_sha256=spec_sha256(api["spec"]),
         file_count=None if files is None else len(files),
     )
     if files is not None:
@@ -167,19 +173,21 @@ def stop_job(store: JobStore, api_name: str, job_id: str) -> None:
     store.request_stop(api_name, job_id)
 
 
-def prepare_resume(store: JobStore, api_name: str, job_id: str) -> JobRecord:
-    """Check that a job can be resumed (its driver is dead, it did not succeed)."""
+def prepare_resume(store: JobStore, api_name: str, job_id: str, force: bool = False) -> JobRecord:
+    """Check that a job can be resumed (its driver is dead, it did not succeed, its API was
+    not redeployed since it ran unless ``force``)."""
     record = store.get_job(api_name, job_id)
     state = read_state(store, api_name, job_id)
     if state.job_status is JobStatus.SUCCEEDED:
         raise JobStateError(f"job {job_id} already succeeded; nothing to resume")
     if not state.job_status.is_terminal:
         _refuse_if_driver_alive(record, state)
+    check_resume(store, record, state, force)
     store.clear_stop(api_name, job_id)
     # pending again until the new driver is up, so nobody reads the old end or the dead pid
     state.move_to(JobStatus.PENDING)
     state.driver, state.heartbeat = {}, time.time()
-    state.end_time, state.error = None, None
+    state.end_time, state.error, state.not_attempted = None, None, None
     store.write_state(api_name, job_id, state.to_dict())
     return record
 

@@ -65,6 +65,9 @@ class ProgressSnapshot:
     resume_command: str | None = None
     api_name: str | None = None
     job_id: str | None = None
+    items_succeeded: int = 0
+    items_dead_lettered: int = 0
+    items_not_attempted: int | None = None  # known once the job ended (None: unknown)
     _samples: tuple[_Sample, ...] = field(default=(), repr=False, compare=False)
 
     @classmethod
@@ -107,8 +110,14 @@ class ProgressSnapshot:
             resume_command=job.get("resume_command") or None,
             api_name=job.get("api_name"),
             job_id=job.get("job_id"),
+            **_item_counts(job),
             _samples=samples,
         )
+
+    @property
+    def item_failures(self) -> bool:
+        """Whether some items are dead-lettered or were never attempted (worth showing)."""
+        return bool(self.items_dead_lettered or self.items_not_attempted)
 
     @property
     def percent(self) -> int | None:
@@ -118,6 +127,31 @@ class ProgressSnapshot:
         if self.total == 0:
             return 100 if self.terminal else 0
         return min(100, 100 * self.done // self.total)
+
+
+def _item_counts(job: dict) -> dict:
+    items = job.get("item_metrics") or {}
+    missing = items.get("not_attempted")
+    return {
+        "items_succeeded": _as_int(items.get("succeeded")),
+        "items_dead_lettered": _as_int(items.get("dead_lettered")),
+        "items_not_attempted": None if missing is None else _as_int(missing),
+    }
+
+
+def format_items(s: ProgressSnapshot) -> str:
+    """``items: 998 succeeded, 2 dead-lettered, 0 not attempted`` (``?``: not known yet).
+
+    >>> doc = {"job_status": {"status": "completed_with_failures", "item_metrics":
+    ...        {"succeeded": 998, "dead_lettered": 2, "not_attempted": 0}}}
+    >>> format_items(ProgressSnapshot.from_status(doc))
+    'items: 998 succeeded, 2 dead-lettered, 0 not attempted'
+    """
+    missing = "?" if s.items_not_attempted is None else s.items_not_attempted
+    return (
+        f"items: {s.items_succeeded} succeeded, {s.items_dead_lettered} dead-lettered, "
+        f"{missing} not attempted"
+    )
 
 
 def _as_int(value: Any) -> int:
@@ -238,6 +272,8 @@ def format_summary(s: ProgressSnapshot) -> str:
     if s.dead_lettered:
         parts.append(f"{s.dead_lettered} dead-lettered")
     parts.append(count_noun(s.failed_attempts, "failed attempt"))
+    if s.item_failures:
+        parts.append(format_items(s))
     if s.rate is not None:
         parts.append(f"{s.rate:.1f} batches/s")
     parts.append(f"elapsed {format_duration(s.elapsed)}")

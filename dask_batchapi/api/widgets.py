@@ -9,7 +9,8 @@ The live widget and :func:`status_html` render the same HTML fragments, with sta
 for tests and browsers: ``batchapi-progress`` (the root), ``batchapi-status`` (``✓ succeeded``,
 ``✗ worker_error``, or the live status), ``batchapi-bar`` (``aria-valuenow`` = percent) with
 its ``batchapi-bar-succeeded`` (green) and ``batchapi-bar-dead-lettered`` (red) parts,
-``batchapi-percent``, ``batchapi-counts``, ``batchapi-details``, ``batchapi-error``.
+``batchapi-percent``, ``batchapi-counts``, ``batchapi-items`` (per-item outcomes),
+``batchapi-details``, ``batchapi-error``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dask_batchapi.api.progress import (
     ProgressSnapshot,
     count_noun,
     format_duration,
+    format_items,
     format_summary,
     status_label,
 )
@@ -130,6 +132,8 @@ def _postfix(s: ProgressSnapshot) -> str:
     parts = [count_noun(s.failed_attempts, "failed attempt")]
     if s.dead_lettered:
         parts.append(f"{s.dead_lettered} dead-lettered")
+    if s.item_failures:
+        parts.append(f"{s.items_dead_lettered} item(s) dead-lettered")
     if s.rate is not None:
         parts.append(f"{s.rate:.1f} batches/s")
     parts.append(f"elapsed {format_duration(s.elapsed)}")
@@ -202,7 +206,8 @@ def _counts_fragment(s: ProgressSnapshot | None) -> str:
     if s.dead_lettered:
         parts.append(f"{s.dead_lettered} dead-lettered")
     parts += [count_noun(s.failed_attempts, "failed attempt"), f"{total} batches"]
-    return f'<span class="batchapi-counts">{" / ".join(parts)}</span>'
+    items = f' <span class="batchapi-items">{escape(format_items(s))}</span>'
+    return f'<span class="batchapi-counts">{" / ".join(parts)}</span>{items}'
 
 
 def _details_fragment(s: ProgressSnapshot | None) -> str:
@@ -294,6 +299,9 @@ class WidgetProgress(ProgressBase):
             "succeeded": s.succeeded,
             "failed_attempts": s.failed_attempts,
             "dead_lettered": s.dead_lettered,
+            "items_succeeded": s.items_succeeded,
+            "items_dead_lettered": s.items_dead_lettered,
+            "items_not_attempted": s.items_not_attempted,
             "done": s.done,
             "total": s.total,
             "percent": s.percent,

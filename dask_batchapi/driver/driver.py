@@ -32,6 +32,8 @@ from distributed import Client, Future
 
 from dask_batchapi import config
 from dask_batchapi.cluster.backends import eligible_workers, missing_resources
+from dask_batchapi.driver.budget import BudgetGuard, not_attempted
+from dask_batchapi.driver.isolation import isolation_for
 from dask_batchapi.driver.ledger import Checkpointer
 from dask_batchapi.driver.log import DriverLog
 from dask_batchapi.driver.losses import (
@@ -119,7 +121,10 @@ class JobDriver:
             max_attempts=record.max_attempts,
             max_losses=int(config.get("max-worker-losses")),
             max_ooms=int(config.get("max-oom-retries")),
+            isolation=isolation_for(record),
+            guard=BudgetGuard(submission.error_budget),
         )
+        self._pulled = 0  # index after the last batch taken from the source (error budget)
         self._next_checkpoint = 0.0
         self._prefetch = int(config.get("prefetch"))
         self._chunk_target = float(config.get("chunk-target-seconds"))
@@ -144,6 +149,7 @@ class JobDriver:
         try:
             self._start()
             self._dispatch_until_drained()
+            self._end_if_over_budget()
             self._complete()
             failures = self.state.dead_lettered
             self._finish(JobStatus.COMPLETED_WITH_FAILURES if failures else JobStatus.SUCCEEDED)
@@ -189,10 +195,24 @@ class JobDriver:
         self.tick()  # a deadline may have passed, or a stop come, while the cluster started
         while True:
             self._fill_window()
-            if not self._inflight and self._source_done and not self.book.retry:
+            over_budget = self.book.guard.tripped
+            if not self._inflight and (over_budget or (self._source_done and not self.book.retry)):
                 return
             self._handle(self._wait(_TICK))
+            if self.book.guard.tripped and not over_budget:
+                self._cancel_queued()
             self.tick()
+
+    def _end_if_over_budget(self) -> None:
+        """The error budget stopped the job: end it, listing what it did not run."""
+        guard = self.book.guard
+        if guard.tripped:
+            unfinished = {ref.index for ref in self.book.retry} | self.book.open_batches()
+            self.state.not_attempted = not_attempted(
+                self.record, self.state, self._pulled, unfinished
+            )
+            self.log.error(guard.error()["message"])
+            raise JobEnded(JobStatus.COMPLETED_WITH_FAILURES, guard.error())
 
     def _complete(self) -> None:
         if not self.has_complete_hook:
@@ -252,7 +272,7 @@ class JobDriver:
             if not chunk:
                 return
             self._submit(chunk)
-            self._suspect_running = len(chunk) == 1 and self.book.is_suspect(chunk[0].index)
+            self._suspect_running = len(chunk) == 1 and self.book.is_suspect(chunk[0].key)
 
     def _chunk_size(self) -> int:
         if self._avg_batch is None:
@@ -260,8 +280,12 @@ class JobDriver:
         size = int(self._chunk_target / max(self._avg_batch, 1e-6))
         remaining = self._remaining()
         if remaining is not None:  # keep the tail balanced across workers
-            size = min(size, math.ceil(remaining / (max(1, len(self.workers)) * self._prefetch)))
+            size = min(size, math.ceil(remaining / self._slots()))
+        size = self.book.guard.cap_chunk(size, remaining, self._slots())
         return max(1, min(size, self._max_chunk))
+
+    def _slots(self) -> int:
+        return max(1, len(self.workers)) * self._prefetch
 
     def _remaining(self) -> int | None:
         total = self.state.total_batch_count
@@ -270,8 +294,10 @@ class JobDriver:
         return total - self.state.succeeded - self.state.dead_lettered - self.state.in_flight
 
     def _next_chunk(self, size: int) -> list[BatchRef]:
+        if self.book.guard.tripped:
+            return []  # over the error budget: nothing new starts
         chunk = self.book.next_retries(size)
-        if len(chunk) == 1 and self.book.is_suspect(chunk[0].index):
+        if len(chunk) == 1 and self.book.is_suspect(chunk[0].key):
             return chunk  # a memory suspect runs alone
         while not self._source_done and len(chunk) < size:
             ref = next(self._source, None)
@@ -279,6 +305,7 @@ class JobDriver:
                 self._source_done = True
             else:
                 chunk.append(ref)
+                self._pulled = ref.index + 1
         return chunk
 
     def _submit(self, chunk: list[BatchRef]) -> None:
@@ -323,7 +350,7 @@ class JobDriver:
         entries = [self._inflight.pop(f.key) for f in futures if f.key in self._inflight]
         if entries and self._suspect_running:
             self._suspect_running = any(
-                len(c) == 1 and self.book.is_suspect(c[0].index)
+                len(c) == 1 and self.book.is_suspect(c[0].key)
                 for _, c, _ in self._inflight.values()
             )
         for f in futures:
@@ -369,16 +396,17 @@ class JobDriver:
             raise JobEnded(
                 JobStatus.WORKER_ERROR, error_info_dict("Handler.__init__", result["init_error"])
             )
-        by_index = {ref.index: ref for ref in chunk}
-        for index, ok, seconds, err in result["outcomes"]:
+        by_key = {ref.key: ref for ref in chunk}
+        items = result.get("failed_items") or {}
+        for key, ok, seconds, err in result["outcomes"]:
             self._record_time(seconds)
             if ok:
-                self.book.succeeded(index)
+                self.book.succeeded(by_key[key])
                 self._last_worker = result["worker"]
             else:
-                self.book.failed(by_index[index], err)
-        for index in result.get("not_run", ()):
-            self.book.retry.append(by_index[index])
+                self.book.failed(by_key[key], err, items.get(key))
+        for key in result.get("not_run", ()):
+            self.book.retry.append(by_key[key])
 
     def _merge_metrics(self, result: dict) -> None:
         if result.get("metrics"):
@@ -399,7 +427,7 @@ class JobDriver:
         self._refresh_workers()
         err = lost_info(future)
         timed_out = self._events(TIMEOUT_EVENT, since, "job_id", self.job_id)
-        timed_out = {e["index"] for e in timed_out}
+        timed_out = {e["index"] for e in timed_out}  # batch keys
         if self._events(_MEMORY_EVENT, since):
             self.log.warning(f"a worker ran out of memory; {len(chunk)} batch(es) rerun")
             self.book.out_of_memory(chunk, ("WorkerOutOfMemory", err[1], ""))
@@ -408,7 +436,7 @@ class JobDriver:
         self._counted_losses.discard(future.key)
         self.log.warning(f"{len(chunk)} batch(es) lost with their worker: {err[0]}: {err[1]}")
         for ref in chunk:
-            if ref.index in timed_out:
+            if ref.key in timed_out:
                 self.book.failed(ref, timeout_info(self.plugin.context.batch_timeout))
             else:
                 self.book.lost(ref, err, counted=counted)
@@ -513,6 +541,13 @@ class JobDriver:
 
     def _unsubscribe(self) -> None:
         RemovalHub.forget(self.client, self._removals)
+
+    def _cancel_queued(self) -> None:
+        """The error budget tripped: batches still queued in running chunks do not start."""
+        try:
+            self.client.run(cancel_job, self.plugin.name)
+        except Exception as exc:  # noqa: BLE001 - the chunks then just run to their end
+            logger.debug("cancelling queued batches of %s failed: %s", self.job_id, exc)
 
     def _cancel_all(self) -> None:
         futures = [e[0] for e in self._inflight.values()]

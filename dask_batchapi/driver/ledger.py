@@ -24,6 +24,8 @@ class FinalBatches:
 
     succeeded: set[int] = field(default_factory=set)
     dead_lettered: set[int] = field(default_factory=set)
+    items_succeeded: int = 0  # items of the final batches (poison item isolation counts them)
+    items_dead_lettered: int = 0
 
     def __contains__(self, index: int) -> bool:
         return index in self.succeeded or index in self.dead_lettered
@@ -39,6 +41,8 @@ class Checkpointer:
         self.dead_lettered: list[int] = []
         self.dead_records: list[dict] = []
         self.logs: list[str] = []
+        self.items_succeeded = 0  # items of the batches in ``succeeded`` / ``dead_lettered``
+        self.items_dead_lettered = 0
 
     def _segment(self, ext: str) -> str:
         return f"r{self.run:03d}-{self._seq:06d}.{ext}"
@@ -51,10 +55,12 @@ class Checkpointer:
             _append(*args, "dead_letter", self._segment("json"), self.dead_records)
         if self.succeeded or self.dead_lettered:
             ledger = {"succeeded": self.succeeded, "dead_lettered": self.dead_lettered}
+            ledger["items"] = [self.items_succeeded, self.items_dead_lettered]
             _append(*args, "ledger", self._segment("json"), ledger)
         if self.logs:
             _append(*args, "logs", self._segment("jsonl"), self.logs)
         self.succeeded, self.dead_lettered, self.dead_records, self.logs = [], [], [], []
+        self.items_succeeded = self.items_dead_lettered = 0
         self.store.write_state(self.api_name, self.job_id, state.to_dict())
 
 
@@ -67,14 +73,19 @@ def load_final(store: JobStore, api_name: str, job_id: str) -> FinalBatches:
     for segment in store.iter_segments(api_name, job_id, "ledger"):
         final.succeeded.update(segment.get("succeeded", ()))
         final.dead_lettered.update(segment.get("dead_lettered", ()))
+        ok, dead = segment.get("items", (0, 0))
+        final.items_succeeded += ok
+        final.items_dead_lettered += dead
     return final
 
 
 def read_dead_letter(store: JobStore, api_name: str, job_id: str) -> list[dict]:
-    """Every dead-letter record of the job, in batch order."""
+    """Every dead-letter record of the job, in batch order (then item order: one record per
+    item of a batch whose items were isolated)."""
     records = [r for seg in store.iter_segments(api_name, job_id, "dead_letter") for r in seg]
-    latest = {r["index"]: r for r in records}  # a batch dead-lettered twice keeps its last record
-    return [latest[i] for i in sorted(latest)]
+    # a batch (or item) dead-lettered twice (a resumed run redid it) keeps its last record
+    latest = {(r["index"], r.get("item_index", -1)): r for r in records}
+    return [latest[k] for k in sorted(latest)]
 
 
 def read_logs(
@@ -95,7 +106,8 @@ def ref_to_dict(ref: BatchRef) -> dict:
 
 
 def ref_from_dict(data: dict, index: int) -> BatchRef:
-    """The reference stored by :func:`ref_to_dict`, renumbered as batch ``index``."""
+    """The reference stored by :func:`ref_to_dict`, renumbered as batch ``index`` (a sub-batch
+    of an isolated batch becomes a batch of its own; it keeps its items' input indexes)."""
     files = data.get("files")
     segments = data.get("segments")
     return BatchRef(
@@ -103,4 +115,5 @@ def ref_from_dict(data: dict, index: int) -> BatchRef:
         items=data.get("items"),
         files=tuple(files) if files is not None else None,
         segments=tuple(Segment(**s) for s in segments) if segments is not None else None,
+        first_item=data.get("first_item"),
     )

@@ -89,6 +89,8 @@ def _run_job(store: JobStore, api_name: str, job_id: str, cluster: Any) -> JobSt
     final = load_final(store, api_name, job_id) if state.run > 1 else None
     if final is not None:  # the ledger is the truth; the state may be a checkpoint older
         state.succeeded, state.dead_lettered = len(final.succeeded), len(final.dead_lettered)
+        state.items_succeeded = final.items_succeeded
+        state.items_dead_lettered = final.items_dead_lettered
     state.in_flight = 0
     files = store.get_listing(api_name, job_id)
     if state.total_batch_count is None:
@@ -108,7 +110,7 @@ def _run_job(store: JobStore, api_name: str, job_id: str, cluster: Any) -> JobSt
                 store,
                 record,
                 _context(record, api, spec, submission, state),
-                store.get_archive(api_name, record.archive_sha256),
+                store.get_archive(api_name, run_archive_sha256(record, state)),
                 refs,
                 client,
                 state=state,
@@ -131,6 +133,11 @@ def _run_job(store: JobStore, api_name: str, job_id: str, cluster: Any) -> JobSt
         return JobStatus.UNEXPECTED_ERROR
 
 
+def run_archive_sha256(record: JobRecord, state: JobState) -> str:
+    """The archive a run uses: the last version ``resume --force`` recorded, else the job's."""
+    return state.versions[-1]["archive_sha256"] if state.versions else record.archive_sha256
+
+
 def _context(
     record: JobRecord, api: dict, spec: APISpec, submission: Submission, state: JobState
 ) -> JobContext:
@@ -149,6 +156,7 @@ def _context(
         batch_timeout=submission.batch_timeout,
         batch_timeout_grace=float(config.get("batch-timeout-grace")),
         dependencies=dataclasses.asdict(spec.handler.dependencies),
+        id_key=submission.id_key,
     )
 
 

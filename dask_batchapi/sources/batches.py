@@ -82,15 +82,35 @@ class Segment:
 
 @dataclass(frozen=True, slots=True)
 class BatchRef:
-    """A reference to one batch; exactly one of ``items``, ``files``, ``segments`` is set."""
+    """A reference to one batch; exactly one of ``items``, ``files``, ``segments`` is set.
+
+    ``path`` is empty for a batch of the input; a sub-batch cut from batch ``index`` by poison
+    item isolation (:mod:`dask_batchapi.sources.split`) has the halves taken to reach it, as
+    ``0``/``1`` characters (``"01"``: the right half of the left half). ``first_item`` is the
+    index in the job's input of the batch's first item (None: unknown, in old records).
+    """
 
     index: int
     items: list | None = None
     files: tuple[str, ...] | None = None
     segments: tuple[Segment, ...] | None = None
+    path: str = ""
+    first_item: int | None = None
 
     def __reduce__(self):
-        return BatchRef, (self.index, self.items, self.files, self.segments)
+        return BatchRef, (
+            self.index,
+            self.items,
+            self.files,
+            self.segments,
+            self.path,
+            self.first_item,
+        )
+
+    @property
+    def key(self) -> int | str:
+        """What tells this batch from every other of the run: the index, or ``index.path``."""
+        return f"{self.index}.{self.path}" if self.path else self.index
 
     @property
     def size(self) -> int:
@@ -133,7 +153,7 @@ def iter_item_batches(items: Iterable, batch_size: int, start_index: int = 0) ->
         if not batch:
             return
         if index >= start_index:
-            yield BatchRef(index, items=batch)
+            yield BatchRef(index, items=batch, first_item=index * batch_size)
 
 
 def iter_file_batches(files: list[str], batch_size: int) -> Iterator[BatchRef]:
@@ -144,7 +164,8 @@ def iter_file_batches(files: list[str], batch_size: int) -> Iterator[BatchRef]:
     """
     _check_batch_size(batch_size)
     for start in range(0, len(files), batch_size):
-        yield BatchRef(start // batch_size, files=tuple(files[start : start + batch_size]))
+        batch = tuple(files[start : start + batch_size])
+        yield BatchRef(start // batch_size, files=batch, first_item=start)
 
 
 def iter_delimited_batches(indexes: Iterable[FileIndex], batch_size: int) -> Iterator[BatchRef]:
@@ -162,10 +183,10 @@ def iter_delimited_batches(indexes: Iterable[FileIndex], batch_size: int) -> Ite
             pending.append(_segment(file_index, value, take))
             value, room = value + take, room - take
             if room == 0:
-                yield BatchRef(index, segments=tuple(pending))
+                yield BatchRef(index, segments=tuple(pending), first_item=index * batch_size)
                 index, pending, room = index + 1, [], batch_size
     if pending:
-        yield BatchRef(index, segments=tuple(pending))
+        yield BatchRef(index, segments=tuple(pending), first_item=index * batch_size)
 
 
 def _segment(file_index: FileIndex, first: int, take: int) -> Segment:

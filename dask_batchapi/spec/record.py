@@ -21,6 +21,8 @@ True
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import secrets
 import time
 from collections.abc import Sequence
@@ -55,6 +57,8 @@ class JobRecord:
     created_time: str
     cluster: str = "local"
     archive_sha256: str = ""
+    spec_sha256: str = ""  # the API spec it was submitted against (safe resume)
+    submission_sha256: str = ""  # its submission's JSON, items included (what it ran)
     retry_of: str | None = None
     retry_refs: tuple[dict, ...] | None = None  # a retry job runs exactly these batches
     file_count: int | None = None  # listed sources: how many files matched at submit
@@ -65,6 +69,7 @@ class JobRecord:
         cls, api_name: str, submission: Submission, *, cluster: Any, archive_sha256: str, **kw: Any
     ) -> JobRecord:
         """A fresh record with a new job id (``cluster``: a target string or a live object)."""
+        kw.setdefault("submission_sha256", submission_sha256(submission))
         return cls(
             job_id=new_job_id(),
             api_name=api_name,
@@ -131,19 +136,23 @@ class JobRecord:
             "workers": sub.workers,
             "config": sub.config,
             "timeout": sub.timeout,
-            "dead_letter": {"max_receive_count": sub.max_receive_count},
+            "dead_letter": data.get("dead_letter") or {"max_receive_count": sub.max_receive_count},
             "output": sub.output,
             "batch_timeout": sub.batch_timeout,
             "source": sub.source_kind,
             sub.source_kind: summary,
             "cluster": self.cluster,
             "archive_sha256": self.archive_sha256,
+            "spec_sha256": self.spec_sha256,
+            "submission_sha256": self.submission_sha256,
             "retry_of": self.retry_of,
             **self.extra,
             "submission": data,
         }
         if "sqs_dead_letter_queue" in data:
             record["sqs_dead_letter_queue"] = data["sqs_dead_letter_queue"]
+        if "error_budget" in data:
+            record["error_budget"] = data["error_budget"]
         if self.retry_refs is not None:
             record["retry_refs"] = list(self.retry_refs)
         return record
@@ -171,6 +180,8 @@ class JobRecord:
                 created_time=str(data["created_time"]),
                 cluster=str(data.get("cluster") or "local"),
                 archive_sha256=str(data.get("archive_sha256") or ""),
+                spec_sha256=str(data.get("spec_sha256") or ""),
+                submission_sha256=str(data.get("submission_sha256") or ""),
                 retry_of=data.get("retry_of"),
                 retry_refs=tuple(refs) if refs is not None else None,
                 file_count=_file_count(data),
@@ -196,7 +207,14 @@ _DERIVED = {
     "item_list",
     "file_path_lister",
     "delimited_files",
+    "error_budget",
 }
+
+
+def submission_sha256(submission: Submission) -> str:
+    """sha256 of the submission's canonical JSON (sorted keys), items included."""
+    text = json.dumps(submission.to_dict(), sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _file_count(data: dict) -> int | None:
@@ -210,6 +228,8 @@ def _stored_submission(data: dict, items: Sequence | None) -> Submission:
         return parse_submission(data)
     count = int(source["item_count"])
     placeholder = {"items": [None], "batch_size": source["batch_size"]}
+    if source.get("id_key") is not None:
+        placeholder["id_key"] = source["id_key"]
     parsed = parse_submission({**data, "item_list": placeholder})
     stored = items if items is not None else [None] * count
     return dataclasses.replace(parsed, source=dataclasses.replace(parsed.source, items=stored))

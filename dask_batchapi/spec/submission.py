@@ -30,6 +30,12 @@ from dask_batchapi.spec._validate import (
     str_list,
     string,
 )
+from dask_batchapi.spec.failures import (
+    ErrorBudget,
+    check_item_ids,
+    parse_error_budget,
+    parse_isolate_items,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +46,7 @@ class ItemList:
 
     items: list
     batch_size: int
+    id_key: str | None = None  # our extension: the field of each (object) item that is its id
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,7 @@ class DelimitedFiles:
     batch_size: int
     includes: tuple[str, ...] = ()
     excludes: tuple[str, ...] = ()
+    id_key: str | None = None
 
 
 _SOURCES = {
@@ -70,7 +78,7 @@ _SOURCES = {
 _SUBMISSION_KEYS = [
     *_SOURCES,
     *("workers", "config", "timeout", "dead_letter", "sqs_dead_letter_queue"),
-    *("output", "batch_timeout", "node_groups"),
+    *("output", "batch_timeout", "node_groups", "error_budget"),
 ]
 
 
@@ -86,6 +94,13 @@ class Submission:
     dead_letter_arn: str | None = None
     output: str | None = None
     batch_timeout: float | None = None
+    isolate_items: bool | None = None  # None: the config's batchapi.isolate-items
+    error_budget: ErrorBudget | None = None
+
+    @property
+    def id_key(self) -> str | None:
+        """The items' id field (``item_list.id_key`` / ``delimited_files.id_key``), if any."""
+        return getattr(self.source, "id_key", None)
 
     @property
     def source_kind(self) -> str:
@@ -98,15 +113,21 @@ class Submission:
         fields = dataclasses.fields(self.source)
         source = {f.name: getattr(self.source, f.name) for f in fields}
         source = {k: list(v) if isinstance(v, tuple) else v for k, v in source.items()}
+        if source.get("id_key") is None:
+            source.pop("id_key", None)
         data: dict[str, Any] = {self.source_kind: source, "workers": self.workers}
         data["config"] = copy.deepcopy(self.config)
+        queue: dict[str, Any] = {"max_receive_count": self.max_receive_count}
+        if self.isolate_items is not None:
+            queue["isolate_items"] = self.isolate_items
         if self.dead_letter_arn is None:
-            data["dead_letter"] = {"max_receive_count": self.max_receive_count}
+            data["dead_letter"] = queue
         else:
-            queue = {"arn": self.dead_letter_arn, "max_receive_count": self.max_receive_count}
-            data["sqs_dead_letter_queue"] = queue
+            data["sqs_dead_letter_queue"] = {"arn": self.dead_letter_arn, **queue}
         extras = {"timeout": self.timeout, "output": self.output}
         extras["batch_timeout"] = self.batch_timeout
+        if self.error_budget is not None:
+            extras["error_budget"] = self.error_budget.to_dict()
         data.update({k: v for k, v in extras.items() if v is not None})
         return data
 
@@ -118,33 +139,36 @@ def _parse_source(kind: str, value: Any) -> ItemList | FilePathLister | Delimite
     if "batch_size" not in data:
         raise Invalid(f"{kind}.batch_size is required")
     batch_size = integer(data["batch_size"], f"{kind}.batch_size", 1)
+    ids = {} if data.get("id_key") is None else {"id_key": string(data["id_key"], f"{kind}.id_key")}
     if cls is ItemList:
         items = data.get("items")
         if not isinstance(items, list) or not items:
             raise Invalid(f"item_list.items must be a non-empty list, got {show(items)}")
-        return ItemList(items=items, batch_size=batch_size)  # not copied: stored at submit
+        return ItemList(items=items, batch_size=batch_size, **ids)  # not copied: stored at submit
     return cls(
         s3_paths=str_list(data.get("s3_paths"), f"{kind}.s3_paths", non_empty=True),
         batch_size=batch_size,
         includes=str_list(data.get("includes"), f"{kind}.includes"),
         excludes=str_list(data.get("excludes"), f"{kind}.excludes"),
+        **ids,
     )
 
 
-def _parse_dead_letter(data: dict, where: str) -> tuple[int, str | None]:
+def _parse_dead_letter(data: dict, where: str) -> tuple[int, str | None, bool | None]:
     if "dead_letter" in data and "sqs_dead_letter_queue" in data:
         raise Invalid(f"{where} has both dead_letter and sqs_dead_letter_queue; use one")
     key = "sqs_dead_letter_queue" if "sqs_dead_letter_queue" in data else "dead_letter"
     if data.get(key) is None:
-        return 1, None
+        return 1, None, None
     queue = mapping(data[key], key)
     names = ["max_receive_count"] if key == "dead_letter" else ["arn", "max_receive_count"]
-    check_keys(queue, names, key)
+    check_keys(queue, [*names, "isolate_items"], key)
     for name in names:
         if name not in queue:
             raise Invalid(f"{key}.{name} is required")
     arn = string(queue["arn"], f"{key}.arn") if key == "sqs_dead_letter_queue" else None
-    return integer(queue["max_receive_count"], f"{key}.max_receive_count", 1), arn
+    count = integer(queue["max_receive_count"], f"{key}.max_receive_count", 1)
+    return count, arn, parse_isolate_items(queue, key)
 
 
 def _optional(data: dict, key: str, check: Any) -> Any:
@@ -174,7 +198,7 @@ def _parse_submission(data: Any, where: str) -> Submission:
         got = f", got {' and '.join(kinds)}" if kinds else ""
         raise Invalid(f"{where} must have one of {', '.join(_SOURCES)}{got}")
     str_list(data.get("node_groups"), "node_groups")
-    max_receive_count, arn = _parse_dead_letter(data, where)
+    max_receive_count, arn, isolate = _parse_dead_letter(data, where)
     return Submission(
         source=_parse_source(kinds[0], data[kinds[0]]),
         workers=integer(data.get("workers", 1), "workers", 1),
@@ -184,7 +208,19 @@ def _parse_submission(data: Any, where: str) -> Submission:
         dead_letter_arn=arn,
         output=_optional(data, "output", string),
         batch_timeout=_optional(data, "batch_timeout", positive_number),
+        isolate_items=isolate,
+        error_budget=_optional(data, "error_budget", lambda v, _: parse_error_budget(v)),
     )
+
+
+def check_new_items(submission: Submission) -> None:
+    """What only a new submission's items can tell (not rechecked when a record is reloaded,
+    whose items are read lazily): with ``item_list.id_key``, every item holds its id."""
+    if submission.source_kind == "item_list":
+        try:
+            check_item_ids(submission.source.items, submission.id_key)
+        except Invalid as error:
+            raise SubmissionError(str(error)) from None
 
 
 def submission_from_dict(d: dict) -> Submission:

@@ -4,6 +4,16 @@ Layout: ``<output>/<job_id>/part-<batch index, 6+ digits>.jsonl``, one JSON valu
 returned list is written one line per element, any other value as one line. A part that already
 exists was committed by an earlier attempt (a retry, a lost worker's rerun, a resumed job) and
 is left as it is, so reruns never duplicate and readers never see a partial part.
+
+Poison item isolation: a batch that failed is never written; the sub-batches it is split into
+that succeed each commit their own part, ``part-<index>.<path>.jsonl``, where ``path`` is the
+sub-batch's halves as ``0``/``1`` characters. The sub-batches that succeed are disjoint, and for
+disjoint paths the lexical order is the item order, so reading ``part-*.jsonl`` in sorted name
+order yields every output once, in input order.
+
+Item ids (``id_key``): when the returned value is a list with one element per item, each line is
+``{"id": <item id>, "output": <element>}``; any other value is written as
+``{"ids": [<item ids of the batch>], "output": <value>}`` (one line per element of a list).
 """
 
 from __future__ import annotations
@@ -19,17 +29,26 @@ from dask_batchapi.fsutil import atomic_write
 logger = logging.getLogger(__name__)
 
 
-def part_name(index: int) -> str:
-    return f"part-{index:06d}.jsonl"
+def part_name(index: int, path: str = "") -> str:
+    return f"part-{index:06d}.{path}.jsonl" if path else f"part-{index:06d}.jsonl"
 
 
-def part_url(output: str, job_id: str, index: int) -> str:
-    return f"{output.rstrip('/')}/{job_id}/{part_name(index)}"
+def part_url(output: str, job_id: str, index: int, path: str = "") -> str:
+    return f"{output.rstrip('/')}/{job_id}/{part_name(index, path)}"
 
 
-def encode_result(result: Any) -> bytes:
-    """The JSON-lines bytes of a handler's return value."""
+def encode_result(result: Any, ids: list | None = None) -> bytes:
+    """The JSON-lines bytes of a handler's return value (``ids``: its items' ids).
+
+    >>> encode_result([1, 2], ids=["a", "b"])
+    b'{"id": "a", "output": 1}\\n{"id": "b", "output": 2}\\n'
+    """
     values = result if isinstance(result, list) else [result]
+    if ids is not None:
+        if isinstance(result, list) and len(result) == len(ids):
+            values = [{"id": i, "output": v} for i, v in zip(ids, values, strict=True)]
+        else:
+            values = [{"ids": ids, "output": v} for v in values]
     return "".join(json.dumps(v, default=str) + "\n" for v in values).encode()
 
 
@@ -40,10 +59,11 @@ class OutputWriter:
         self.fs, root = fsspec.core.url_to_fs(output, **(storage_options or {}))
         self.dir = f"{root.rstrip('/')}/{job_id}"
 
-    def commit(self, index: int, result: Any) -> bool:
-        """Write the part of batch ``index``; False if it was already committed."""
-        path = f"{self.dir}/{part_name(index)}"
-        if self.fs.exists(path):
+    def commit(self, index: int, result: Any, path: str = "", ids: list | None = None) -> bool:
+        """Write the part of batch ``index`` (``path``: of one of its sub-batches); False if it
+        was already committed."""
+        target = f"{self.dir}/{part_name(index, path)}"
+        if self.fs.exists(target):
             return False
-        atomic_write(self.fs, path, encode_result(result))
+        atomic_write(self.fs, target, encode_result(result, ids))
         return True

@@ -36,6 +36,7 @@ from dask_batchapi.errors import DependencyError
 from dask_batchapi.logging import install_collector, log_context
 from dask_batchapi.sources.batches import load_payloads
 from dask_batchapi.sources.delimited import PARSED
+from dask_batchapi.spec.failures import item_id
 from dask_batchapi.spec.project import read_env_file, unpack_project
 from dask_batchapi.worker.capture import capture_output
 from dask_batchapi.worker.deps import Installed, install_dependencies
@@ -56,9 +57,10 @@ def plugin_name(job_id: str) -> str:
     return f"batchapi-{job_id}"
 
 
-def batch_id_for(job_id: str, index: int) -> str:
-    """The unique, stable id of batch ``index`` of a job."""
-    return f"{job_id}-{index:06d}"
+def batch_id_for(job_id: str, index: int, path: str = "") -> str:
+    """The unique, stable id of batch ``index`` of a job (``.path``: one of its sub-batches,
+    poison item isolation)."""
+    return f"{job_id}-{index:06d}.{path}" if path else f"{job_id}-{index:06d}"
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
@@ -95,6 +97,7 @@ class JobContext:
     batch_timeout: float | None = None
     batch_timeout_grace: float = 5.0
     dependencies: dict = field(default_factory=dict)  # handler.dependencies: {kind: file}
+    id_key: str | None = None  # item_list.id_key / delimited_files.id_key: outputs carry ids
 
 
 class JobPlugin(WorkerPlugin):
@@ -282,36 +285,36 @@ class JobPlugin(WorkerPlugin):
         """Run a chunk of batches; every batch gets its own outcome."""
         result: dict[str, Any] = {"worker": self.worker_address, "pid": os.getpid()}
         if self.cancelled:
-            return {**result, "not_run": [r.index for r in refs], "outcomes": []}
+            return {**result, "not_run": [r.key for r in refs], "outcomes": []}
         self._ensure_handler()
         if self.init_error is not None:
             logs = install_collector().drain(self.context.job_id)  # the installer's output
             return {**result, "init_error": self.init_error, "outcomes": [], "logs": logs}
         payloads = load_payloads(refs, self.context.storage_options, self.context.job_id)
-        outcomes, not_run = [], []
+        outcomes, not_run, failed_items = [], [], {}
         with self._in_project():  # once per chunk: cwd, output capture, the handler lock
             for ref, payload in zip(refs, payloads, strict=True):
                 if self.cancelled:
-                    not_run.append(ref.index)
+                    not_run.append(ref.key)
                     continue
                 try:
-                    outcomes.append(self._run_one(ref.index, payload))
+                    outcomes.append(self._run_one(ref, payload))
                 except BatchTimeout as exc:  # raised just after the batch ended: still counts
-                    outcomes.append((ref.index, False, 0.0, error_info(exc)))
+                    outcomes.append((ref.key, False, 0.0, error_info(exc)))
+                if ref.segments and ref.size == 1 and not outcomes[-1][1]:
+                    failed_items[ref.key] = _single(payload)  # the dead letter shows the item
         logs = install_collector().drain(self.context.job_id)
         metrics = self.metrics.drain()
-        return {
-            **result,
-            "outcomes": outcomes,
-            "not_run": not_run,
-            "logs": logs,
-            "metrics": metrics,
-        }
+        result.update(
+            outcomes=outcomes, not_run=not_run, logs=logs, failed_items=failed_items, metrics=metrics
+        )
+        return result
 
-    def _run_one(self, index: int, payload: Any) -> tuple:
-        """(index, ok, seconds, error info or None) of one batch."""
+    def _run_one(self, ref: Any, payload: Any) -> tuple:
+        """(key, ok, seconds, error info or None) of one batch."""
+        index = ref.key
         start = time.perf_counter()
-        batch_id = batch_id_for(self.context.job_id, index)
+        batch_id = batch_id_for(self.context.job_id, ref.index, ref.path)
         try:
             if isinstance(payload, BaseException):
                 raise payload
@@ -322,7 +325,8 @@ class JobPlugin(WorkerPlugin):
                     with self._watched(index):
                         value = self._call_batch(payload, batch_id)
             if value is not None and self.context.output:
-                self._output_writer().commit(index, value)
+                ids = item_ids(payload, self.context.id_key)
+                self._output_writer().commit(ref.index, value, ref.path, ids)
         except BatchTimeout:
             limit = self.context.batch_timeout
             exc = BatchTimeout(f"batch ran longer than its batch_timeout of {limit} s")
@@ -433,6 +437,18 @@ class BatchWatchdog(threading.Thread):
         self.worker.loop.add_callback(self.worker.log_event, TIMEOUT_EVENT, event)
         time.sleep(0.5)  # let the event reach the scheduler
         os._exit(1)
+
+
+def _single(payload: Any) -> Any:
+    """The one item of a one-item payload (None when it could not even be read)."""
+    return payload[0] if isinstance(payload, list) and len(payload) == 1 else None
+
+
+def item_ids(payload: Any, id_key: str | None) -> list | None:
+    """The ids of a payload's items, when the job names an ``id_key``."""
+    if id_key is None or not isinstance(payload, list):
+        return None
+    return [item_id(item, id_key) for item in payload]
 
 
 def _plugin(name: str) -> JobPlugin:
