@@ -97,6 +97,7 @@ class JobState:
     heartbeat: float | None = None
     driver: dict = field(default_factory=dict)  # host, pid
     dashboard_link: str | None = None
+    triggered: list = field(default_factory=list)  # jobs its handler code submitted
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -171,6 +172,7 @@ def status_document(
         worker_counts=_worker_counts(state),
         error=state.error,
         dashboard_link=state.dashboard_link,
+        triggered=list(state.triggered),
         heartbeat=utcnow_iso(state.heartbeat) if state.heartbeat else None,
         run=state.run,
         interrupted=interrupted,

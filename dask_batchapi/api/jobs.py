@@ -21,23 +21,32 @@ from dask_batchapi.driver import warm as service
 from dask_batchapi.driver.ledger import read_dead_letter
 from dask_batchapi.driver.liveness import driver_alive, read_state
 from dask_batchapi.errors import JobStateError, SubmissionError
-from dask_batchapi.spec.api_spec import Submission, load_api_specs
+from dask_batchapi.spec.api_spec import Submission, api_specs_from_dict, load_api_specs
 from dask_batchapi.spec.project import check_handler, pack_project
 from dask_batchapi.spec.record import JobRecord
 from dask_batchapi.status import JobState, JobStatus, is_interrupted, status_document, utcnow_iso
 from dask_batchapi.store.jobstore import JobStore
+from dask_batchapi.worker.scope import current as current_scope
 
 logger = logging.getLogger(__name__)
 
+
 # -- deploy ---------------------------------------------------------------------------------
-def deploy(store: JobStore, project_dir: str | os.PathLike) -> list[dict]:
-    """Validate and store every API of a project directory; returns their records."""
+def deploy(store: JobStore, project_dir: str | os.PathLike, api_spec: Any = None) -> list[dict]:
+    """Validate and store every API of a project directory; returns their records.
+
+    ``api_spec``: the spec as a dict (Cortex's ``create_api``) instead of the project's spec
+    file; validated by the same rules, and nothing is written into the project."""
     project = Path(project_dir).expanduser().resolve()
-    specs = load_api_specs(project)
+    if api_spec is None:
+        specs = load_api_specs(project)
+    else:
+        specs = api_specs_from_dict(api_spec, project)
     records = []
     for spec in specs:
         signature = check_handler(project, spec.handler)
-        archive = pack_project(project, spec.spec_file, config.get("project-max-bytes"))
+        left_out = spec.spec_file if api_spec is None else None  # a given spec: every file ships
+        archive = pack_project(project, left_out, config.get("project-max-bytes"))
         record = {
             "name": spec.name,
             "spec": spec.to_dict(),
@@ -72,6 +81,7 @@ def create_retry_job(store: JobStore, api_name: str, job_id: str, cluster: Any) 
         archive_sha256=api["archive_sha256"],
         retry_of=job_id,
         retry_refs=tuple(r["ref"] for r in dead),
+        triggered_by=_parent(),
     )
     _write_new_job(store, record)
     return record
@@ -89,6 +99,7 @@ def create_job(store: JobStore, api: dict, submission: Submission, cluster: Any)
         cluster=cluster,
         archive_sha256=api["archive_sha256"],
         file_count=None if files is None else len(files),
+        triggered_by=_parent(),
     )
     if files is not None:
         store.put_listing(record.api_name, record.job_id, files)
@@ -100,6 +111,15 @@ def _write_new_job(store: JobStore, record: JobRecord) -> None:
     store.create_job(record)
     state = JobState(total_batch_count=record.known_batch_count)
     store.write_state(record.api_name, record.job_id, state.to_dict())
+    scope = current_scope()
+    if scope is not None:  # submitted by handler code: the parent's driver lists it
+        scope.note_triggered(record.api_name, record.job_id)
+
+
+def _parent() -> dict | None:
+    """The job whose handler code runs this submission, if any (``triggered_by``)."""
+    scope = current_scope()
+    return scope.ref if scope is not None else None
 
 
 def with_workers(submission: Submission, workers: int | None) -> Submission:
@@ -187,7 +207,9 @@ def _refuse_if_driver_alive(record: JobRecord, state: JobState) -> None:
     heartbeat; elsewhere, a fresh heartbeat means alive."""
     job_id = record.job_id
     alive = driver_alive(state)
-    stale = is_interrupted(record.job_fields(), state, time.time(), float(config.get("heartbeat-timeout")))
+    stale = is_interrupted(
+        record.job_fields(), state, time.time(), float(config.get("heartbeat-timeout"))
+    )
     if alive is True or (alive is None and not stale):
         raise JobStateError(
             f"job {job_id} is {state.status} and its driver is alive; stop it first or wait"

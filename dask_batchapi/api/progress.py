@@ -65,6 +65,8 @@ class ProgressSnapshot:
     resume_command: str | None = None
     api_name: str | None = None
     job_id: str | None = None
+    triggered_by: dict | None = None  # {"api_name", "job_id"} of the job that submitted it
+    triggered: tuple[dict, ...] = ()  # the jobs its handler code submitted
     _samples: tuple[_Sample, ...] = field(default=(), repr=False, compare=False)
 
     @classmethod
@@ -107,6 +109,8 @@ class ProgressSnapshot:
             resume_command=job.get("resume_command") or None,
             api_name=job.get("api_name"),
             job_id=job.get("job_id"),
+            triggered_by=_job_ref(job.get("triggered_by")),
+            triggered=tuple(r for r in map(_job_ref, job.get("triggered") or ()) if r),
             _samples=samples,
         )
 
@@ -118,6 +122,13 @@ class ProgressSnapshot:
         if self.total == 0:
             return 100 if self.terminal else 0
         return min(100, 100 * self.done // self.total)
+
+
+def _job_ref(value: Any) -> dict | None:
+    """``{"api_name", "job_id"}`` as strings, or None for anything else (a garbled store)."""
+    if not isinstance(value, dict) or not value.get("api_name") or not value.get("job_id"):
+        return None
+    return {"api_name": str(value["api_name"]), "job_id": str(value["job_id"])}
 
 
 def _as_int(value: Any) -> int:

@@ -23,6 +23,7 @@ from dask_batchapi import config
 from dask_batchapi.cluster import backend_for
 from dask_batchapi.cluster.backends import task_resources
 from dask_batchapi.driver import warm as service
+from dask_batchapi.driver.children import origin_for
 from dask_batchapi.driver.driver import JobDriver
 from dask_batchapi.driver.enqueue import batch_refs
 from dask_batchapi.driver.ledger import load_final
@@ -106,7 +107,9 @@ def _run_job(store: JobStore, api_name: str, job_id: str, cluster: Any) -> JobSt
             driver = JobDriver(
                 store,
                 record,
-                _context(record, api, spec, submission, state),
+                _context(
+                    record, api, spec, submission, state, origin_for(store.url, record, client)
+                ),
                 store.get_archive(api_name, record.archive_sha256),
                 refs,
                 client,
@@ -131,7 +134,12 @@ def _run_job(store: JobStore, api_name: str, job_id: str, cluster: Any) -> JobSt
 
 
 def _context(
-    record: JobRecord, api: dict, spec: APISpec, submission: Submission, state: JobState
+    record: JobRecord,
+    api: dict,
+    spec: APISpec,
+    submission: Submission,
+    state: JobState,
+    origin: dict,
 ) -> JobContext:
     return JobContext(
         job_id=record.job_id,
@@ -147,6 +155,7 @@ def _context(
         storage_options=config.storage_options(),
         batch_timeout=submission.batch_timeout,
         batch_timeout_grace=float(config.get("batch-timeout-grace")),
+        origin=origin,
     )
 
 

@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dask_batchapi.errors import HandlerError, SpecError
 from dask_batchapi.spec._validate import (
     Invalid,
@@ -34,6 +32,7 @@ from dask_batchapi.spec._validate import (
     str_list,
     string,
 )
+from dask_batchapi.spec._yaml import load_yaml as _load_yaml
 from dask_batchapi.spec.submission import (
     DelimitedFiles,
     FilePathLister,
@@ -58,6 +57,7 @@ __all__ = [
     "ItemList",
     "Submission",
     "api_spec_from_dict",
+    "api_specs_from_dict",
     "deep_merge",
     "find_spec_file",
     "load_api_specs",
@@ -66,6 +66,7 @@ __all__ = [
     "parse_cpu",
     "parse_quantity",
     "parse_submission",
+    "specs_from_data",
     "submission_from_dict",
 ]
 
@@ -77,7 +78,6 @@ MAX_NAME_LENGTH = 42
 _NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _OTHER_KINDS = ("RealtimeAPI", "TaskAPI", "AsyncAPI", "TrafficSplitter")
 _UNSUPPORTED_TYPES = ("tensorflow", "onnx")
-_MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 # --------------------------------------------------------------------------- API spec
@@ -270,45 +270,6 @@ def _parse_one_spec(data: Any, spec_file: str) -> APISpec:
     )
 
 
-class _DuplicateKey(yaml.YAMLError):
-    """A mapping repeats a key; the message names the key and the line of the repeat."""
-
-    def __init__(self, key: Any, line: int) -> None:
-        super().__init__(f"duplicate key {show(key)} at line {line}")
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that rejects a repeated key (PyYAML silently keeps the last one)."""
-
-    def compose_mapping_node(self, anchor: Any) -> yaml.MappingNode:
-        # Checked when composed, not constructed: by construction time PyYAML's merge-key
-        # flattening may have copied ``<<: *base`` keys into the node, and overriding them is fine.
-        node = super().compose_mapping_node(anchor)
-        seen = set()
-        for key_node, _ in node.value:
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
-                continue  # a non-scalar key is unhashable; the constructor reports it
-            key = self.construct_object(key_node)
-            if key in seen:
-                raise _DuplicateKey(key, key_node.start_mark.line + 1)
-            seen.add(key)
-        return node
-
-
-def _load_yaml(text: str, source: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_StrictLoader)  # safe: _StrictLoader is a SafeLoader
-    except _DuplicateKey as error:
-        raise SpecError(f"{source}: {error}") from None
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        line = f" at line {mark.line + 1}" if mark else ""
-        problem = error.problem or error.context or "malformed"
-        raise SpecError(one_line(f"{source}: invalid YAML{line}: {problem}")) from None
-    except yaml.YAMLError as error:
-        raise SpecError(one_line(f"{source}: invalid YAML: {error}")) from None
-
-
 def parse_api_specs(text: str, source: str = "batchapi.yaml") -> list[APISpec]:
     """Parse a spec file's text: one mapping, or a list of mappings like Cortex.
 
@@ -318,6 +279,12 @@ def parse_api_specs(text: str, source: str = "batchapi.yaml") -> list[APISpec]:
     data = _load_yaml(text, source)
     if data is None:
         raise SpecError(f"{source} is empty; it must hold an API spec with name and handler")
+    return specs_from_data(data, source)
+
+
+def specs_from_data(data: Any, source: str) -> list[APISpec]:
+    """Validate a spec already loaded (one mapping, or a list of them); ``source`` names it
+    in messages (``api_spec`` for a dict given to ``create_api``)."""
     entries = data if isinstance(data, list) else [data]
     if not entries:
         raise SpecError(f"{source} holds an empty list; it must hold at least one API spec")
@@ -371,6 +338,26 @@ def load_api_specs(project_dir: str | Path) -> list[APISpec]:
     except (OSError, UnicodeDecodeError) as error:
         raise SpecError(one_line(f"{path.name}: cannot be read: {error}")) from None
     specs = parse_api_specs(text, path.name)
+    for spec in specs:
+        _check_handler_files(root, spec)
+    return specs
+
+
+def api_specs_from_dict(api_spec: Any, project_dir: str | Path) -> list[APISpec]:
+    """Validate a spec given as a dict (Cortex's ``create_api``) with the same rules as a
+    spec file, and check its handler files in ``project_dir``. Nothing is written.
+
+    >>> api_specs_from_dict({"name": "my-api", "handler": {"path": "handler.py"}}, "my-api")  # doctest: +SKIP
+    [APISpec(name='my-api', ...)]
+    """
+    if not isinstance(api_spec, (dict, list)):
+        raise SpecError(
+            f"api_spec must be a dict (an API spec, as in cortex.yaml), got {type(api_spec).__name__}"
+        )
+    root = Path(project_dir)
+    if not root.is_dir():
+        raise SpecError(f"project directory {str(root)!r} not found")
+    specs = specs_from_data(api_spec, "api_spec")
     for spec in specs:
         _check_handler_files(root, spec)
     return specs

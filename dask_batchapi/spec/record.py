@@ -7,6 +7,8 @@ records already in a store still load:
 
 * the Cortex job fields shown in the status document (``job_id``, ``api_name``, ``kind``,
   ``workers``, ``config``, ``timeout``, the dead-letter setting, the source summary, ...);
+* ``triggered_by``: ``{"api_name", "job_id"}`` of the job whose handler code submitted this
+  one (null otherwise; absent from records written before it existed);
 * ``submission``: the submission's own JSON (``Submission.to_dict``), the one source of truth;
   an ``item_list``'s items are stored apart (``items/<n>.json``) and only counted here, except
   in records written before that, which hold them inline.
@@ -58,6 +60,7 @@ class JobRecord:
     retry_of: str | None = None
     retry_refs: tuple[dict, ...] | None = None  # a retry job runs exactly these batches
     file_count: int | None = None  # listed sources: how many files matched at submit
+    triggered_by: dict | None = None  # {"api_name", "job_id"} of the job whose handler submitted it
     extra: dict = field(default_factory=dict)  # fields of newer writers, kept as they are
 
     @classmethod
@@ -139,6 +142,7 @@ class JobRecord:
             "cluster": self.cluster,
             "archive_sha256": self.archive_sha256,
             "retry_of": self.retry_of,
+            "triggered_by": self.triggered_by,
             **self.extra,
             "submission": data,
         }
@@ -149,12 +153,16 @@ class JobRecord:
         return record
 
     @classmethod
-    def from_dict(cls, data: Any, items: Sequence | None = None, where: str = "job.json") -> JobRecord:
+    def from_dict(
+        cls, data: Any, items: Sequence | None = None, where: str = "job.json"
+    ) -> JobRecord:
         """Load a persisted record. ``items``: an item_list's items when they are stored
         apart (:class:`~dask_batchapi.store.jobstore.StoredItems`); without them a record of
         an item_list holds placeholders of the right count."""
         if not isinstance(data, dict):
-            raise StoreError(f"{where}: a job record must be a JSON object, got {type(data).__name__}")
+            raise StoreError(
+                f"{where}: a job record must be a JSON object, got {type(data).__name__}"
+            )
         try:
             submission = _stored_submission(data["submission"], items)
             known = {f.name for f in dataclasses.fields(cls)}
@@ -170,6 +178,7 @@ class JobRecord:
                 retry_of=data.get("retry_of"),
                 retry_refs=tuple(refs) if refs is not None else None,
                 file_count=_file_count(data),
+                triggered_by=_triggered_by(data.get("triggered_by")),
                 extra=extra,
             )
         except KeyError as missing:
@@ -180,9 +189,25 @@ class JobRecord:
 
 # keys to_dict derives from the submission and the fields above (not kept in ``extra``)
 _DERIVED = {
-    "kind", "workers", "config", "timeout", "dead_letter", "sqs_dead_letter_queue", "output",
-    "batch_timeout", "source", "item_list", "file_path_lister", "delimited_files",
+    "kind",
+    "workers",
+    "config",
+    "timeout",
+    "dead_letter",
+    "sqs_dead_letter_queue",
+    "output",
+    "batch_timeout",
+    "source",
+    "item_list",
+    "file_path_lister",
+    "delimited_files",
 }
+
+
+def _triggered_by(value: Any) -> dict | None:
+    if value is None:
+        return None
+    return {"api_name": str(value["api_name"]), "job_id": str(value["job_id"])}
 
 
 def _file_count(data: dict) -> int | None:

@@ -38,6 +38,7 @@ from dask_batchapi.sources.delimited import PARSED
 from dask_batchapi.spec.project import read_env_file, unpack_project
 from dask_batchapi.worker.capture import capture_output
 from dask_batchapi.worker.outputs import OutputWriter
+from dask_batchapi.worker.scope import HandlerScope, entered, scope_from
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ class JobContext:
     storage_options: dict = field(default_factory=dict)
     batch_timeout: float | None = None
     batch_timeout_grace: float = 5.0
+    origin: dict = field(default_factory=dict)  # store, cluster, runner: see worker/scope.py
 
 
 class JobPlugin(WorkerPlugin):
@@ -119,6 +121,7 @@ class JobPlugin(WorkerPlugin):
         self._current_lock = threading.Lock()
         self._watchdog: BatchWatchdog | None = None
         self._bound: tuple | None = None
+        self._scope: HandlerScope | None = None
 
     def __getstate__(self) -> dict:
         return {"context": self.context, "archive": self.archive, "name": self.name}
@@ -244,6 +247,7 @@ class JobPlugin(WorkerPlugin):
             log_context(
                 api_name=ctx.api_name, job_id=ctx.job_id, log_level=ctx.log_level, **log_fields
             ),
+            entered(self._handler_scope()),
         ):
             old = os.getcwd()
             os.chdir(self.dir)
@@ -252,6 +256,16 @@ class JobPlugin(WorkerPlugin):
                     yield
             finally:
                 os.chdir(old)
+
+    def _handler_scope(self) -> HandlerScope | None:
+        if self._scope is None:
+            ctx = self.context
+            self._scope = scope_from(ctx.origin, ctx.api_name, ctx.job_id)
+        return self._scope
+
+    def _triggered(self) -> list[dict]:
+        """Jobs that handler code submitted since the last result (for the driver)."""
+        return self._scope.drain() if self._scope is not None else []
 
     # -- batches ------------------------------------------------------------------------------
     def run_chunk(self, refs: list) -> dict:
@@ -274,6 +288,7 @@ class JobPlugin(WorkerPlugin):
                 except BatchTimeout as exc:  # raised just after the batch ended: still counts
                     outcomes.append((ref.index, False, 0.0, error_info(exc)))
         logs = install_collector().drain(self.context.job_id)
+        result["triggered"] = self._triggered()
         return {**result, "outcomes": outcomes, "not_run": not_run, "logs": logs}
 
     def _run_one(self, index: int, payload: Any) -> tuple:
@@ -344,6 +359,7 @@ class JobPlugin(WorkerPlugin):
             except Exception as exc:  # noqa: BLE001
                 result["error"] = error_info(exc)
         result["logs"] = install_collector().drain(self.context.job_id)
+        result["triggered"] = self._triggered()
         return result
 
 
