@@ -13,7 +13,6 @@ from pathlib import Path
 
 import dask
 import pytest
-from conftest import write_project
 
 import dask_batchapi as batchapi
 
@@ -75,7 +74,9 @@ def test_create_api_validates_the_dict_like_a_spec_file(cx, project):
         cx.create_api({**API_SPEC, "handler": {"path": "nope.py"}}, project_dir=str(project))
     with pytest.raises(batchapi.SpecError, match="api_spec must be a dict"):
         cx.create_api("cortex.yaml", project_dir=str(project))
-    with pytest.raises(batchapi.SpecError, match=r"create_api\(predictor=/task=\) is not supported"):
+    with pytest.raises(
+        batchapi.SpecError, match=r"create_api\(predictor=/task=\) is not supported"
+    ):
         cx.create_api(API_SPEC, predictor=object)
     assert cx.list_apis() == []
 
@@ -90,7 +91,9 @@ def test_cortex_client_names_end_to_end(cx, project, capsys):
         assert cx.get_api("text-generator")["endpoint"] == "http://127.0.0.1:8888/text-generator"
     assert [a["spec"]["name"] for a in cx.list_apis()] == ["text-generator"]
 
-    job = cx.submit("text-generator", {"workers": 1, "item_list": {"items": [1, 2, 3], "batch_size": 1}})
+    job = cx.submit(
+        "text-generator", {"workers": 1, "item_list": {"items": [1, 2, 3], "batch_size": 1}}
+    )
     job_id = job.job_id
     cx.stream_job_logs("text-generator", job_id)  # prints and follows until the job ends
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

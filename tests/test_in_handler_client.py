@@ -19,6 +19,7 @@ from conftest import run_cli, wait_for, write_json, write_project
 from distributed import Client
 
 import dask_batchapi as batchapi
+from dask_batchapi.api.widgets import status_html
 
 PARENT = """
     import json, time
@@ -105,14 +106,23 @@ def test_follow_up_job_on_the_embedded_cluster(apis, tmp_path, store_dir):
     # the CLI shows both ends of the link
     shown = run_cli("get", "child", seen["info"]["child"]).stdout
     assert f"triggered by: parent {job.job_id} (dask-batchapi get parent {job.job_id})" in shown
-    assert f"triggered: child {seen['info']['child']}" in run_cli("get", "parent", job.job_id).stdout
+    assert (
+        f"triggered: child {seen['info']['child']}" in run_cli("get", "parent", job.job_id).stdout
+    )
+    # the parent's widget links the child; the child's links its parent
+    child_id = seen["info"]["child"]
+    html = status_html(job.status)
+    assert f'data-api="child" data-job="{child_id}"' in html and "triggered child/" in html
+    html = status_html(apis.get_job("child", child_id).status)
+    assert (
+        f'triggered by <code class="batchapi-job-link" data-api="parent" data-job="{job.job_id}"'
+        in html
+    )
 
 
 def test_follow_up_runs_on_the_parent_s_warm_runner_and_cluster(apis, tmp_path, store_dir):
     sub = write_json(tmp_path / "sub.json", _submission(tmp_path))
-    result = run_cli(
-        "submit", "parent", str(sub), "--wait", env={"DASK_BATCHAPI__KEEP_ALIVE": "3"}
-    )
+    result = run_cli("submit", "parent", str(sub), "--wait", env={"DASK_BATCHAPI__KEEP_ALIVE": "3"})
     assert result.returncode == 0, result.stderr
     parent_id = result.stdout.split()[0]
     seen = _check_child(apis, parent_id, tmp_path / "marker.json")
@@ -131,22 +141,14 @@ def dask_cluster(tmp_path):
     env = {**os.environ, "DASK_TEMPORARY_DIRECTORY": str(tmp_path / "dask-tmp")}
     logs = (tmp_path / "scheduler.log").open("w"), (tmp_path / "worker.log").open("w")
     common = ["--scheduler-file", str(scheduler_file), "--no-dashboard"]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-             "--port", "0", *common],
-            stdout=logs[0], stderr=subprocess.STDOUT, env=env,
-        ),  # fmt: skip
-    ]
+    scheduler = [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1"]
+    worker = [sys.executable, "-m", "distributed.cli.dask_worker", "--nworkers", "2"]
+    scheduler += ["--port", "0", *common]
+    procs = [subprocess.Popen(scheduler, stdout=logs[0], stderr=subprocess.STDOUT, env=env)]
     try:
         wait_for(scheduler_file.exists, 30, "the scheduler file")
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "distributed.cli.dask_worker", "--nworkers", "2",
-                 "--nthreads", "1", "--host", "127.0.0.1", *common],
-                stdout=logs[1], stderr=subprocess.STDOUT, env=env,
-            )  # fmt: skip
-        )
+        worker += ["--nthreads", "1", "--host", "127.0.0.1", *common]
+        procs.append(subprocess.Popen(worker, stdout=logs[1], stderr=subprocess.STDOUT, env=env))
         address = json.loads(scheduler_file.read_text())["address"]
         with Client(address, timeout="20s") as client:
             client.wait_for_workers(2, timeout=60)
@@ -171,6 +173,21 @@ def test_follow_up_job_on_an_existing_cluster(apis, tmp_path, dask_cluster):
     seen = _check_child(apis, parent_id, tmp_path / "marker.json")
     assert seen["info"]["cluster"] == dask_cluster
     assert seen["child"]["cluster"] == dask_cluster  # the same cluster, by its address
+
+
+def test_follow_up_of_a_job_driven_with_the_caller_s_client(tmp_path, store_dir):
+    """A notebook's own Client: the child goes to that client's scheduler, by address."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster:
+        with Client(cluster) as dask_client:
+            client = batchapi.client(store=str(store_dir), cluster=dask_client)
+            client.deploy(write_project(tmp_path / "parent", PARENT, name="parent"))
+            client.deploy(write_project(tmp_path / "child", CHILD, name="child"))
+            job = client.submit("parent", _submission(tmp_path))
+            assert job.wait(timeout=90) == "succeeded"
+            seen = _check_child(client, job.job_id, tmp_path / "marker.json")
+            assert seen["child"]["cluster"] == cluster.scheduler_address
 
 
 def test_a_parent_stopped_before_its_hook_never_submits(apis, tmp_path):
@@ -215,8 +232,9 @@ def test_unknown_environment_is_one_clear_error_and_no_directory(tmp_path, monke
 
 
 def test_named_environments_from_dask_config(tmp_path, monkeypatch):
-    import cortex
     import dask
+
+    import cortex
 
     monkeypatch.chdir(tmp_path)
     envs = {"lab": {"store": str(tmp_path / "lab-store"), "cluster": "tcp://10.0.0.1:8786"}}

@@ -31,9 +31,11 @@ def test_two_stage_pipeline_example(tmp_path, store_dir, monkeypatch):
     assert child_ref["api_name"] == "pipeline-stage-two"
     child = child_ref["job_id"]
     two = wait_for(
-        lambda: (s := _status("pipeline-stage-two", child, tmp_path))["status"]
-        in ("succeeded", "completed_with_failures", "worker_error", "unexpected_error")
-        and s,
+        lambda: (
+            (s := _status("pipeline-stage-two", child, tmp_path))["status"]
+            in ("succeeded", "completed_with_failures", "worker_error", "unexpected_error")
+            and s
+        ),
         90,
         "stage two to end",
     )

@@ -112,7 +112,7 @@ def _write_new_job(store: JobStore, record: JobRecord) -> None:
     state = JobState(total_batch_count=record.known_batch_count)
     store.write_state(record.api_name, record.job_id, state.to_dict())
     scope = current_scope()
-    if scope is not None:  # submitted by handler code: the parent's driver lists it
+    if scope is not None and scope.store == store.url:  # the parent's driver lists it
         scope.note_triggered(record.api_name, record.job_id)
 
 

@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 def origin_for(store_url: str, record: JobRecord, client: Any) -> dict:
     """The ``origin`` of a job's context: its store, and the target and runner of children."""
-    kind = config.cluster_kind(record.cluster)
+    kind = "object" if record.cluster == "client" else config.cluster_kind(record.cluster)
     runner = None
     if kind in ("address", "kubernetes"):
         cluster = record.cluster
