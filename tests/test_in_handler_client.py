@@ -41,7 +41,12 @@ PARENT = """
             client = cortex.client()
             began = time.monotonic()
             job = client.submit(
-                "child", {"workers": 1, "item_list": {"items": [1, 2, 3], "batch_size": 1}}
+                "child",
+                {
+                    "workers": 1,
+                    "item_list": {"items": [1, 2, 3], "batch_size": 1},
+                    "config": {"again": self.config.get("grandchild", False)},
+                },
             )
             took = time.monotonic() - began
             with open(self.config["marker"], "w") as f:
@@ -50,12 +55,21 @@ PARENT = """
     """
 
 CHILD = """
+    import cortex
+
+
     class Handler:
-        def __init__(self, job_spec):
+        def __init__(self, config, job_spec):
             self.parent = job_spec["triggered_by"]
+            self.again = config.get("again")
 
         def handle_batch(self, payload):
             return {"parent": self.parent, "payload": payload}
+
+        def on_job_complete(self):
+            if self.again:  # a grandchild: the same API, once
+                items = {"items": [1], "batch_size": 1}
+                cortex.client().submit("child", {"workers": 1, "item_list": items})
     """
 
 FINAL = ("succeeded", "completed_with_failures", "worker_error", "timed_out", "stopped",
@@ -112,7 +126,7 @@ def test_follow_up_job_on_the_embedded_cluster(apis, tmp_path, store_dir):
     # the parent's widget links the child; the child's links its parent
     child_id = seen["info"]["child"]
     html = status_html(job.status)
-    assert f'data-api="child" data-job="{child_id}"' in html and "triggered child/" in html
+    assert f'data-api="child" data-job="{child_id}"' in html and "triggered <code" in html
     html = status_html(apis.get_job("child", child_id).status)
     assert (
         f'triggered by <code class="batchapi-job-link" data-api="parent" data-job="{job.job_id}"'
@@ -121,7 +135,7 @@ def test_follow_up_job_on_the_embedded_cluster(apis, tmp_path, store_dir):
 
 
 def test_follow_up_runs_on_the_parent_s_warm_runner_and_cluster(apis, tmp_path, store_dir):
-    sub = write_json(tmp_path / "sub.json", _submission(tmp_path))
+    sub = write_json(tmp_path / "sub.json", _submission(tmp_path, grandchild=True))
     result = run_cli("submit", "parent", str(sub), "--wait", env={"DASK_BATCHAPI__KEEP_ALIVE": "3"})
     assert result.returncode == 0, result.stderr
     parent_id = result.stdout.split()[0]
@@ -132,6 +146,13 @@ def test_follow_up_runs_on_the_parent_s_warm_runner_and_cluster(apis, tmp_path, 
     # handed to the runner that owns the parent's cluster: one driver process, one cluster
     assert child_state["driver"]["pid"] == parent_state["driver"]["pid"]
     assert child_state["dashboard_link"] == parent_state["dashboard_link"]
+    # the child's own child goes there too
+    [grandchild] = seen["child"]["triggered"]
+    done = _final(apis, "child", grandchild["job_id"])
+    assert done["status"] == "succeeded"
+    assert done["triggered_by"] == {"api_name": "child", "job_id": seen["info"]["child"]}
+    state = apis.store.read_state("child", grandchild["job_id"])
+    assert state["driver"]["pid"] == parent_state["driver"]["pid"]
 
 
 @pytest.fixture

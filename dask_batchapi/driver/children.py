@@ -7,11 +7,12 @@ never runs on it. The parent's driver therefore tells its workers (the job conte
 ``origin``, :class:`~dask_batchapi.worker.scope.HandlerScope`) where children go:
 
 * an existing cluster (``tcp://…``, ``tls://…``): that address. The child's driver is a detached
-  runner (or a warm one) connected to the scheduler, as for ``submit --cluster tcp://…``.
+  runner (or a warm one) connected to the scheduler, as for ``submit --cluster tcp://…``; a
+  job that a warm runner drives hands its children to that runner.
 * the embedded cluster, its runner taking jobs (``keep-alive`` > 0, the default): the
   cluster's scheduler address, and the runner's socket. The child is handed to that very runner,
   which drives it on a thread of its own with the cluster it already holds, and stays up until
-  the child ends too.
+  the child ends too (the child's own children go there as well).
 * the embedded cluster of a runner that takes no jobs (``keep-alive: 0``): ``local``, an
   embedded cluster of the child's own, since the parent's ends with the parent.
 * a ``Client`` of the caller (a notebook): that client's scheduler address.
@@ -37,14 +38,15 @@ logger = logging.getLogger(__name__)
 def origin_for(store_url: str, record: JobRecord, client: Any) -> dict:
     """The ``origin`` of a job's context: its store, and the target and runner of children."""
     kind = "object" if record.cluster == "client" else config.cluster_kind(record.cluster)
-    runner = None
+    runner = warm.bound_socket() if kind in ("local", "address") else None
     if kind in ("address", "kubernetes"):
         cluster = record.cluster
-    elif kind == "local" and (runner := warm.bound_socket()) is None:
-        cluster = "local"
+    elif kind == "local" and runner is None:
+        cluster = "local"  # the parent's embedded cluster closes with it
     else:  # the embedded cluster of a runner that takes jobs, or the caller's client
         cluster = _scheduler_address(client) or "local"
-        runner = runner if cluster != "local" else None
+    if cluster == "local":
+        runner = None
     if "://" not in store_url:  # handler code runs in the project folder, not the runner's cwd
         store_url = os.path.abspath(store_url)
     return {"store": store_url, "cluster": cluster, "runner": str(runner) if runner else None}
