@@ -2,7 +2,6 @@
 two over this job's output files, with Cortex's in-handler client."""
 
 import cortex  # dask-batchapi's Cortex compatibility module: Cortex's in-handler client
-
 from dask_batchapi import logger
 
 
