@@ -13,9 +13,11 @@ offending value: ``item_list.batch_size must be an integer >= 1, got 0``.
     ├── SubmissionError      job submission JSON
     ├── SourceError          input data: no matching file, unreadable bucket, bad endpoint
     ├── StoreError           the job store cannot be read or written
+    ├── ConfigError          a dask config ``batchapi.*`` setting is invalid
     ├── NotFound
     │   ├── APINotFound      no API of that name in the store
-    │   └── JobNotFound      no job of that id
+    │   ├── JobNotFound      no job of that id
+    │   └── EnvironmentNotFound  no ``batchapi.environments.<name>`` (``client("aws")``)
     ├── JobStateError        the job is in the wrong state for the request (resume a live job)
     │   └── APIRedeployed    resume of a job whose API was redeployed since (without --force)
     └── ClusterError         no cluster could be reached or built
@@ -75,6 +77,14 @@ class JobNotFound(NotFound):
     """No job of that id exists for the API."""
 
 
+class EnvironmentNotFound(NotFound):
+    """No named environment of that name in dask config ``batchapi.environments``."""
+
+
+class ConfigError(BatchAPIError):
+    """A dask config ``batchapi.*`` setting is invalid."""
+
+
 class JobStateError(BatchAPIError):
     """The job's state does not allow the request."""
 
@@ -89,3 +99,7 @@ class ClusterError(BatchAPIError):
 
 class BatchAPIWarning(UserWarning):
     """Something works, but probably not as the user meant."""
+
+
+class CortexPackageWarning(BatchAPIWarning):
+    """The Cortex CLI package is installed too: its ``cortex`` and ours shadow each other."""

@@ -102,6 +102,7 @@ class JobState:
     items_dead_lettered: int = 0  # items in the dead letter (all items of a dead whole batch)
     not_attempted: dict | None = None  # set when the error budget ended the job early
     versions: list = field(default_factory=list)  # API versions run, when resume --force mixed them
+    triggered: list = field(default_factory=list)  # jobs its handler code submitted
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -182,6 +183,7 @@ def status_document(
         custom_metrics=state.custom_metrics,
         error=state.error,
         dashboard_link=state.dashboard_link,
+        triggered=list(state.triggered),
         heartbeat=utcnow_iso(state.heartbeat) if state.heartbeat else None,
         run=state.run,
         interrupted=interrupted,

@@ -269,6 +269,7 @@ def _job_detail(j: dict) -> str:
         lines.insert(-1, "")
     if j.get("custom_metrics"):
         lines += ["", "custom metrics:", _table([_metric_row(m) for m in j["custom_metrics"]])]
+    lines += _trigger_lines(j)
     if j.get("error"):
         lines.append(f"error: {j['error'].get('message')}")
     if j.get("interrupted"):
@@ -283,6 +284,19 @@ def _metric_row(m: dict) -> dict:
     else:
         value = f"{m['value']:g}"
     return {"name": m["name"], "type": m["type"], "tags": tags, "value": value}
+
+
+def _trigger_lines(j: dict) -> list[str]:
+    """The jobs this one was triggered by and triggered, each with the command to see it."""
+    parent = j.get("triggered_by")
+    lines = [f"triggered by: {_job_link(parent)}"] if parent else []
+    return lines + [f"triggered: {_job_link(child)}" for child in j.get("triggered") or ()]
+
+
+def _job_link(ref: dict) -> str:
+    return (
+        f"{ref['api_name']} {ref['job_id']} (dask-batchapi get {ref['api_name']} {ref['job_id']})"
+    )
 
 
 def _table(rows: list[dict]) -> str:
@@ -302,24 +316,8 @@ def _table(rows: list[dict]) -> str:
 @store_option
 def logs(api_name: str, job_id: str, follow: bool, store: str | None) -> None:
     """Print a job's log lines (every worker and the driver)."""
-    from dask_batchapi.driver.ledger import read_logs
-
-    client = _client(store)
-    job = client.get_job(api_name, job_id)
-    after = None
-    while True:
-        lines, after = read_logs(client.store, api_name, job_id, after)
-        for line in lines:
-            click.echo(line)
-        if not follow:
-            return
-        doc = job.status["job_status"]
-        if JobStatus(doc["status"]).is_terminal or doc["interrupted"]:
-            lines, after = read_logs(client.store, api_name, job_id, after)
-            for line in lines:
-                click.echo(line)
-            return
-        time.sleep(0.5)
+    for line in _client(store).log_lines(api_name, job_id, follow=follow):
+        click.echo(line)
 
 
 @main.command()

@@ -14,10 +14,13 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from dask_batchapi import config
-from dask_batchapi.api import jobs
+from dask_batchapi.api import environments, jobs
+from dask_batchapi.api.compat import warn_if_cortex_package
+from dask_batchapi.api.cortex_names import APIMapping, CortexClientNames, JobMapping
 from dask_batchapi.driver import launch
 from dask_batchapi.driver.ledger import read_dead_letter, read_logs
 from dask_batchapi.errors import JobNotFound, JobStateError
@@ -28,8 +31,12 @@ from dask_batchapi.store.jobstore import JobStore
 logger = logging.getLogger(__name__)
 
 
-class BatchClient:
+class BatchClient(CortexClientNames):
     """A Cortex-like client bound to one store and one default cluster.
+
+    It also answers to Cortex's client names (:mod:`dask_batchapi.api.cortex_names`):
+    ``create_api``, ``get_api``, ``list_apis``, ``get_job``, ``stop_job``, ``delete_api``,
+    ``stream_job_logs``.
 
     Parameters
     ----------
@@ -42,6 +49,7 @@ class BatchClient:
     """
 
     def __init__(self, store: str | None = None, cluster: Any = None):
+        warn_if_cortex_package()
         self.store = JobStore(store)
         self.cluster = cluster
 
@@ -49,19 +57,32 @@ class BatchClient:
         return f"BatchClient(store={self.store.url!r})"
 
     # -- APIs ---------------------------------------------------------------------------------
-    def deploy(self, project_dir: str | os.PathLike) -> BatchAPI | list[BatchAPI]:
-        """Deploy a project directory; a BatchAPI (a list when the spec holds several)."""
-        apis = [BatchAPI(self, r) for r in jobs.deploy(self.store, project_dir)]
+    def deploy(
+        self, project_dir: str | os.PathLike, api_spec: dict | None = None
+    ) -> BatchAPI | list[BatchAPI]:
+        """Deploy a project directory; a BatchAPI (a list when the spec holds several).
+
+        ``api_spec``: the spec as a dict instead of the project's spec file (``create_api``).
+        """
+        records = jobs.deploy(self.store, project_dir, api_spec=api_spec)
+        apis = [BatchAPI(self, r) for r in records]
         return apis[0] if len(apis) == 1 else apis
 
     def get_api(self, api_name: str) -> BatchAPI:
+        """The deployed API (also Cortex's mapping: ``api["spec"]``, ``api["endpoint"]``)."""
         return BatchAPI(self, self.store.get_api(api_name))
 
     def list_apis(self) -> list[BatchAPI]:
         return [BatchAPI(self, r) for r in self.store.list_apis()]
 
-    def delete_api(self, api_name: str, stop_timeout: float = 15.0) -> None:
-        """Stop the API's running jobs and remove it and its jobs from the store."""
+    def delete_api(
+        self, api_name: str, keep_cache: bool = False, stop_timeout: float = 15.0
+    ) -> None:
+        """Stop the API's running jobs and remove it and its jobs from the store.
+
+        ``keep_cache`` (Cortex's) changes nothing here: the API's data is its store entry,
+        always removed; what workers cache is keyed by content and shared between APIs.
+        """
         self.store.get_api(api_name)
         running = [
             j
@@ -106,6 +127,7 @@ class BatchClient:
         return jobs.matched_files(parsed)
 
     def get_job(self, api_name: str, job_id: str) -> Job:
+        """The job (also Cortex's mapping: ``job["job_status"]["status"]``)."""
         self.store.get_job(api_name, job_id)
         return Job(self, api_name, job_id)
 
@@ -121,7 +143,9 @@ class BatchClient:
                 continue  # being submitted right now: its record is not written yet
         return statuses
 
-    def stop_job(self, api_name: str, job_id: str) -> None:
+    def stop_job(self, api_name: str, job_id: str, keep_cache: bool = False) -> None:
+        """Ask the job to stop; in-flight batches are cancelled. ``keep_cache`` (Cortex's)
+        changes nothing: a stopped job keeps its ledger, dead letter and logs in the store."""
         jobs.stop_job(self.store, api_name, job_id)
 
     def resume_job(
@@ -157,6 +181,23 @@ class BatchClient:
         lines, _ = read_logs(self.store, api_name, job_id)
         return [_parse_line(line) for line in lines]
 
+    def log_lines(
+        self, api_name: str, job_id: str, follow: bool = False, poll: float = 0.5
+    ) -> Iterator[str]:
+        """The job's log lines as stored (JSON text); with ``follow``, also the new ones as
+        they come, until the job ends (or its driver dies)."""
+        job = self.get_job(api_name, job_id)
+        lines, after = read_logs(self.store, api_name, job_id)
+        yield from lines
+        while follow:
+            doc = job.status["job_status"]
+            ended = JobStatus(doc["status"]).is_terminal or doc["interrupted"]
+            lines, after = read_logs(self.store, api_name, job_id, after)
+            yield from lines
+            if ended:  # read once more after the end: the last lines were written before it
+                return
+            time.sleep(poll)
+
     def dead_letter(self, api_name: str, job_id: str) -> list[dict]:
         self.store.get_job(api_name, job_id)
         return read_dead_letter(self.store, api_name, job_id)
@@ -169,8 +210,11 @@ def _parse_line(line: str) -> dict:
         return {"message": line}
 
 
-class BatchAPI:
-    """A deployed API: its spec, and a way to submit and list its jobs."""
+class BatchAPI(APIMapping):
+    """A deployed API: its spec, and a way to submit and list its jobs.
+
+    Also a read-only mapping of Cortex's shape: ``spec``, ``endpoint``, ``batch_job_statuses``.
+    """
 
     def __init__(self, client: BatchClient, record: dict):
         self.client, self.record = client, record
@@ -200,8 +244,11 @@ class BatchAPI:
         )
 
 
-class Job:
-    """A submitted job. In Jupyter, displaying it shows a live progress widget."""
+class Job(JobMapping):
+    """A submitted job. In Jupyter, displaying it shows a live progress widget.
+
+    Also a read-only mapping of Cortex's shape: ``job_status``, ``api_spec``, ``endpoint``.
+    """
 
     def __init__(self, client: BatchClient, api_name: str, job_id: str, driver: Any = None):
         self.client, self.api_name, self.job_id = client, api_name, job_id
@@ -264,6 +311,10 @@ class Job:
     def logs(self) -> list[dict]:
         return self.client.logs(self.api_name, self.job_id)
 
+    def log_lines(self, follow: bool = False) -> Iterator[str]:
+        """Log lines as stored; with ``follow``, until the job ends (see ``BatchClient``)."""
+        return self.client.log_lines(self.api_name, self.job_id, follow=follow)
+
     def dead_letter(self) -> list[dict]:
         """Failed batches: batch_id, payload, error, traceback, attempts (DataFrame-ready)."""
         return self.client.dead_letter(self.api_name, self.job_id)
@@ -291,8 +342,21 @@ class Job:
         self.progress()
 
 
-def client(store: str | None = None, cluster: Any = None) -> BatchClient:
-    """A :class:`BatchClient` (Cortex's ``cortex.client()``)."""
+def client(env: str | None = None, store: str | None = None, cluster: Any = None) -> BatchClient:
+    """A :class:`BatchClient` (Cortex's ``cortex.client()``).
+
+    Parameters
+    ----------
+    env : str, optional
+        A named environment of dask config ``batchapi.environments`` (its store and cluster);
+        an unknown name is an :class:`~dask_batchapi.errors.EnvironmentNotFound`. Without it:
+        inside handler code, the job's own store and cluster; elsewhere the defaults.
+    store, cluster : optional
+        As :class:`BatchClient`'s; they win over the environment's.
+
+    >>> batchapi.client("aws").list_apis()  # doctest: +SKIP
+    """
+    store, cluster = environments.resolve(env, store, cluster)
     return BatchClient(store=store, cluster=cluster)
 
 

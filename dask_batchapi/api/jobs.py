@@ -22,26 +22,40 @@ from dask_batchapi.driver import warm as service
 from dask_batchapi.driver.ledger import read_dead_letter
 from dask_batchapi.driver.liveness import driver_alive, read_state
 from dask_batchapi.errors import JobStateError, SubmissionError
-from dask_batchapi.spec.api_spec import Submission, load_api_specs, locate_project
+from dask_batchapi.spec.api_spec import (
+    Submission,
+    api_specs_from_dict,
+    load_api_specs,
+    locate_project,
+)
 from dask_batchapi.spec.project import check_handler, pack_project
 from dask_batchapi.spec.record import JobRecord
 from dask_batchapi.spec.submission import check_new_items
 from dask_batchapi.status import JobState, JobStatus, is_interrupted, status_document, utcnow_iso
 from dask_batchapi.store.jobstore import JobStore
+from dask_batchapi.worker.scope import current as current_scope
 
 logger = logging.getLogger(__name__)
 
 
 # -- deploy ---------------------------------------------------------------------------------
-def deploy(store: JobStore, project_dir: str | os.PathLike) -> list[dict]:
+def deploy(store: JobStore, project_dir: str | os.PathLike, api_spec: Any = None) -> list[dict]:
     """Validate and store every API of a project directory (or of a spec file's path: the
-    project is then the file's folder); returns their records."""
-    project, spec_file = locate_project(Path(project_dir).expanduser().resolve())
-    specs = load_api_specs(spec_file)
+    project is then the file's folder); returns their records.
+
+    ``api_spec``: the spec as a dict (Cortex's ``create_api``) instead of the project's spec
+    file; validated by the same rules, and nothing is written into the project."""
+    if api_spec is None:
+        project, spec_file = locate_project(Path(project_dir).expanduser().resolve())
+        specs = load_api_specs(spec_file)
+    else:
+        project = Path(project_dir).expanduser().resolve()
+        specs = api_specs_from_dict(api_spec, project)
     records = []
     for spec in specs:
         signature = check_handler(project, spec.handler)
-        archive = pack_project(project, spec.spec_file, config.get("project-max-bytes"))
+        left_out = spec.spec_file if api_spec is None else None  # a given spec: every file ships
+        archive = pack_project(project, left_out, config.get("project-max-bytes"))
         record = {
             "name": spec.name,
             "spec": spec.to_dict(),
@@ -78,6 +92,7 @@ def create_retry_job(store: JobStore, api_name: str, job_id: str, cluster: Any) 
         submission_sha256=original.submission_sha256,  # its items are read lazily: not hashed
         retry_of=job_id,
         retry_refs=tuple(r["ref"] for r in dead),
+        triggered_by=_parent(),
     )
     _write_new_job(store, record)
     return record
@@ -97,6 +112,7 @@ def create_job(store: JobStore, api: dict, submission: Submission, cluster: Any)
         archive_sha256=api["archive_sha256"],
         spec_sha256=spec_sha256(api["spec"]),
         file_count=None if files is None else len(files),
+        triggered_by=_parent(),
     )
     if files is not None:
         store.put_listing(record.api_name, record.job_id, files)
@@ -108,6 +124,15 @@ def _write_new_job(store: JobStore, record: JobRecord) -> None:
     store.create_job(record)
     state = JobState(total_batch_count=record.known_batch_count)
     store.write_state(record.api_name, record.job_id, state.to_dict())
+    scope = current_scope()
+    if scope is not None and scope.store == store.url:  # the parent's driver lists it
+        scope.note_triggered(record.api_name, record.job_id)
+
+
+def _parent() -> dict | None:
+    """The job whose handler code runs this submission, if any (``triggered_by``)."""
+    scope = current_scope()
+    return scope.ref if scope is not None else None
 
 
 def with_workers(submission: Submission, workers: int | None) -> Submission:

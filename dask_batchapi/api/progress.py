@@ -68,6 +68,8 @@ class ProgressSnapshot:
     items_succeeded: int = 0
     items_dead_lettered: int = 0
     items_not_attempted: int | None = None  # known once the job ended (None: unknown)
+    triggered_by: dict | None = None  # {"api_name", "job_id"} of the job that submitted it
+    triggered: tuple[dict, ...] = ()  # the jobs its handler code submitted
     _samples: tuple[_Sample, ...] = field(default=(), repr=False, compare=False)
 
     @classmethod
@@ -111,6 +113,8 @@ class ProgressSnapshot:
             api_name=job.get("api_name"),
             job_id=job.get("job_id"),
             **_item_counts(job),
+            triggered_by=_job_ref(job.get("triggered_by")),
+            triggered=tuple(r for r in map(_job_ref, job.get("triggered") or ()) if r),
             _samples=samples,
         )
 
@@ -152,6 +156,13 @@ def format_items(s: ProgressSnapshot) -> str:
         f"items: {s.items_succeeded} succeeded, {s.items_dead_lettered} dead-lettered, "
         f"{missing} not attempted"
     )
+
+
+def _job_ref(value: Any) -> dict | None:
+    """``{"api_name", "job_id"}`` as strings, or None for anything else (a garbled store)."""
+    if not isinstance(value, dict) or not value.get("api_name") or not value.get("job_id"):
+        return None
+    return {"api_name": str(value["api_name"]), "job_id": str(value["job_id"])}
 
 
 def _as_int(value: Any) -> int:

@@ -221,12 +221,33 @@ def _details_fragment(s: ProgressSnapshot | None) -> str:
     html = f'<div class="batchapi-details">{" · ".join(parts + ([link] if link else []))}</div>'
     if s.error:
         html += f'<div class="batchapi-error" style="color:{_RED}">{escape(s.error)}</div>'
+    html += _triggers_fragment(s)
     if s.interrupted and s.resume_command:
         html += (
             '<div class="batchapi-resume">driver interrupted; resume with '
             f"<code>{escape(s.resume_command)}</code></div>"
         )
     return html
+
+
+def _triggers_fragment(s: ProgressSnapshot) -> str:
+    """The job that submitted this one, and the jobs this one's handler submitted: each a
+    ``batchapi-job-link`` naming the job, with the command that shows it."""
+    parts = [f"triggered by {_job_link(s.triggered_by)}"] if s.triggered_by else []
+    if s.triggered:
+        parts.append("triggered " + ", ".join(_job_link(ref) for ref in s.triggered))
+    if not parts:
+        return ""
+    return f'<div class="batchapi-triggers">{" · ".join(parts)}</div>'
+
+
+def _job_link(ref: dict) -> str:
+    api, job = escape(ref["api_name"]), escape(ref["job_id"])
+    command = f"dask-batchapi get {api} {job}"
+    return (
+        f'<code class="batchapi-job-link" data-api="{api}" data-job="{job}" '
+        f'title="{command}">{api}/{job}</code>'
+    )
 
 
 def _dashboard_fragment(link: str | None) -> str:

@@ -217,6 +217,7 @@ class JobDriver:
     def _complete(self) -> None:
         if not self.has_complete_hook:
             return
+        self._check_stop()  # a job stopped before its hook never runs it (nor submits from it)
         future = self.client.submit(
             run_complete_task,
             self.plugin.name,
@@ -232,6 +233,7 @@ class JobDriver:
         result = self._one_result(future) or {"error": lost_info(future), "logs": []}
         self._ckpt.logs.extend(result.get("logs", ()))
         self._merge_metrics(result)
+        self.state.triggered.extend(result.get("triggered", ()))
         if result.get("error"):
             kind, message, tb = result["error"]
             self.log.error(f"on_job_complete raised {kind}: {message}", traceback=tb)
@@ -386,6 +388,7 @@ class JobDriver:
         self.state.in_flight -= len(chunk)
         self._ckpt.logs.extend(result.get("logs", ()))
         self._merge_metrics(result)
+        self.state.triggered.extend(result.get("triggered", ()))
         if result.get("init_error"):
             kind, message, tb = result["init_error"]
             if kind == "DependencyError":  # the project's requirements failed to install
@@ -484,13 +487,17 @@ class JobDriver:
         self._note_removals()
         self._check_workers(now)
         if now >= self._next_checkpoint:
-            if not self.store.job_exists(self.api_name, self.job_id):
-                raise JobDeleted(self.job_id)
-            if self.store.stop_requested(self.api_name, self.job_id):
-                self.log.info("stop requested")
-                raise JobEnded(JobStatus.STOPPED)
+            self._check_stop()
             self._refresh_workers()
             self._checkpoint()
+
+    def _check_stop(self) -> None:
+        """End the job if it was deleted or a stop was requested."""
+        if not self.store.job_exists(self.api_name, self.job_id):
+            raise JobDeleted(self.job_id)
+        if self.store.stop_requested(self.api_name, self.job_id):
+            self.log.info("stop requested")
+            raise JobEnded(JobStatus.STOPPED)
 
     def _check_workers(self, now: float) -> None:
         """A job whose workers are all gone and none came back cannot finish: end it."""

@@ -17,6 +17,7 @@ from typing import Any
 
 from dask_batchapi import config
 from dask_batchapi.driver import warm
+from dask_batchapi.driver.children import hand_off_child, launch_cwd
 from dask_batchapi.driver.runner import run_job
 from dask_batchapi.spec.record import JobRecord
 from dask_batchapi.store import JobStore
@@ -30,6 +31,9 @@ def launch_detached(store: JobStore, record: JobRecord, cluster: str) -> int:
     On the embedded cluster or a scheduler address, a runner kept warm for jobs like this one
     takes it instead (:mod:`dask_batchapi.driver.warm`): no new process, no new cluster."""
     api_name, job_id = record.api_name, record.job_id
+    pid = hand_off_child(store.url, record, cluster)  # from handler code: the parent's runner
+    if pid is not None:
+        return pid
     if warm.serves(cluster):
         compute = store.get_api(api_name)["spec"].get("compute")
         key = warm.service_key(cluster, record.workers, compute)
@@ -57,6 +61,7 @@ def launch_detached(store: JobStore, record: JobRecord, cluster: str) -> int:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             close_fds=True,
+            cwd=launch_cwd(),
         )
     return proc.pid
 
@@ -64,8 +69,6 @@ def launch_detached(store: JobStore, record: JobRecord, cluster: str) -> int:
 def is_detachable(target: Any) -> bool:
     """Whether a job on ``target`` can be driven by a detached process (not a live object)."""
     return config.cluster_kind(target) != "object"
-
-
 
 
 def launch_in_thread(store: JobStore, api_name: str, job_id: str, cluster: Any) -> threading.Thread:

@@ -24,6 +24,7 @@ from dask_batchapi import config
 from dask_batchapi.cluster import backend_for
 from dask_batchapi.cluster.backends import task_resources
 from dask_batchapi.driver import warm as service
+from dask_batchapi.driver.children import origin_for
 from dask_batchapi.driver.driver import JobDriver
 from dask_batchapi.driver.enqueue import batch_refs
 from dask_batchapi.driver.ledger import load_final
@@ -109,7 +110,9 @@ def _run_job(store: JobStore, api_name: str, job_id: str, cluster: Any) -> JobSt
             driver = JobDriver(
                 store,
                 record,
-                _context(record, api, spec, submission, state),
+                _context(
+                    record, api, spec, submission, state, origin_for(store.url, record, client)
+                ),
                 store.get_archive(api_name, run_archive_sha256(record, state)),
                 refs,
                 client,
@@ -139,7 +142,12 @@ def run_archive_sha256(record: JobRecord, state: JobState) -> str:
 
 
 def _context(
-    record: JobRecord, api: dict, spec: APISpec, submission: Submission, state: JobState
+    record: JobRecord,
+    api: dict,
+    spec: APISpec,
+    submission: Submission,
+    state: JobState,
+    origin: dict,
 ) -> JobContext:
     return JobContext(
         job_id=record.job_id,
@@ -157,6 +165,7 @@ def _context(
         batch_timeout_grace=float(config.get("batch-timeout-grace")),
         dependencies=dataclasses.asdict(spec.handler.dependencies),
         id_key=submission.id_key,
+        origin=origin,
     )
 
 

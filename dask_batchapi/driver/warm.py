@@ -40,6 +40,7 @@ _VOLATILE_ENV = {"PWD", "OLDPWD", "SHLVL", "_", "COLUMNS", "LINES", "TERM", "WIN
 # ... and the store's: a request names its store (a warm runner serves any store)
 _VOLATILE_ENV |= {"DASK_BATCHAPI_STORE", "DASK_BATCHAPI_CLUSTER"}
 _HANDOFF_TIMEOUT = 5.0  # seconds a client waits for a service to answer
+_BOUND: list[Path] = []  # the socket a service of this process listens on (at most one)
 
 
 def keep_alive() -> float:
@@ -69,6 +70,11 @@ def answers(key: str) -> bool:
     return _answers(socket_path(key))
 
 
+def bound_socket() -> Path | None:
+    """The socket of the service this process runs, while it takes jobs (else None)."""
+    return _BOUND[0] if _BOUND else None
+
+
 def socket_path(key: str) -> Path:
     base = Path(tempfile.gettempdir()) / f"dask-batchapi-{os.getuid()}"
     base.mkdir(mode=0o700, exist_ok=True)
@@ -78,7 +84,11 @@ def socket_path(key: str) -> Path:
 def hand_off(key: str, store_url: str, api_name: str, job_id: str) -> int | None:
     """Give a job to the warm service for ``key``; its pid, or None when there is none (or
     it did not take the job: then nothing of the job was started)."""
-    path = socket_path(key)
+    return hand_off_to(socket_path(key), store_url, api_name, job_id)
+
+
+def hand_off_to(path: Path, store_url: str, api_name: str, job_id: str) -> int | None:
+    """Give a job to the service listening at ``path`` (see :func:`hand_off`)."""
     if not path.exists():
         return None
     try:
@@ -131,6 +141,7 @@ class Service:
         listener.listen(16)
         listener.settimeout(0.2)
         self.listener = listener
+        _BOUND[:] = [self.path]
         return True
 
     def serve(self, threads: list[threading.Thread], keep_alive: float) -> None:
@@ -182,6 +193,8 @@ class Service:
             return
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()  # first: a client from now on starts a new runner
+        if self.path in _BOUND:
+            _BOUND.remove(self.path)
         self.listener.close()
         self.listener = None
 

@@ -59,6 +59,7 @@ __all__ = [
     "ItemList",
     "Submission",
     "api_spec_from_dict",
+    "api_specs_from_dict",
     "check_project_files",
     "deep_merge",
     "find_spec_file",
@@ -69,6 +70,7 @@ __all__ = [
     "parse_cpu",
     "parse_quantity",
     "parse_submission",
+    "specs_from_data",
     "submission_from_dict",
 ]
 
@@ -265,6 +267,12 @@ def parse_api_specs(text: str, source: str = "batchapi.yaml") -> list[APISpec]:
     data = load_yaml(text, source)
     if data is None:
         raise SpecError(f"{source} is empty; it must hold an API spec with name and handler")
+    return specs_from_data(data, source)
+
+
+def specs_from_data(data: Any, source: str) -> list[APISpec]:
+    """Validate a spec already loaded (one mapping, or a list of them); ``source`` names it
+    in messages (``api_spec`` for a dict given to ``create_api``)."""
     entries = data if isinstance(data, list) else [data]
     if not entries:
         raise SpecError(f"{source} holds an empty list; it must hold at least one API spec")
@@ -346,6 +354,24 @@ def check_project_files(root: Path, spec: APISpec) -> None:
     _check_handler_files(root, spec)
     key = "predictor" if spec.handler.legacy_predictor else "handler"
     check_dependencies(root, spec.handler.dependencies, f"{spec.spec_file}: {key}.dependencies")
+def api_specs_from_dict(api_spec: Any, project_dir: str | Path) -> list[APISpec]:
+    """Validate a spec given as a dict (Cortex's ``create_api``) with the same rules as a
+    spec file, and check its handler files in ``project_dir``. Nothing is written.
+
+    >>> api_specs_from_dict({"name": "my-api", "handler": {"path": "handler.py"}}, "my-api")  # doctest: +SKIP
+    [APISpec(name='my-api', ...)]
+    """
+    if not isinstance(api_spec, (dict, list)):
+        raise SpecError(
+            f"api_spec must be a dict (an API spec, as in cortex.yaml), got {type(api_spec).__name__}"
+        )
+    root = Path(project_dir)
+    if not root.is_dir():
+        raise SpecError(f"project directory {str(root)!r} not found")
+    specs = specs_from_data(api_spec, "api_spec")
+    for spec in specs:
+        check_project_files(root, spec)
+    return specs
 
 
 def _inside(root: Path, relative: str) -> Path | None:

@@ -172,7 +172,7 @@ def _read(path: Path, rel: str) -> bytes:
 
 
 def pack_project(
-    project_dir: str | Path, spec_file: str, max_bytes: int | None = None
+    project_dir: str | Path, spec_file: str | None, max_bytes: int | None = None
 ) -> ProjectArchive:
     """Pack the project directory into a deterministic zip archive.
 
@@ -181,7 +181,8 @@ def pack_project(
     project_dir
         The project directory.
     spec_file
-        The spec file's name in the project root; it is left out of the archive.
+        The spec file's name in the project root; it is left out of the archive. None: the
+        spec was given apart (a dict), every file ships.
     max_bytes
         Limit on the files' total (uncompressed) size; default 256 MiB.
 
@@ -192,7 +193,7 @@ def pack_project(
     if not root.is_dir():
         raise SpecError(f"project directory {str(project_dir)!r} not found")
     limit = DEFAULT_MAX_ARCHIVE_BYTES if max_bytes is None else max_bytes
-    walker = _Walker(root, Path(spec_file).name, _ignore_spec(root))
+    walker = _Walker(root, Path(spec_file).name if spec_file else "", _ignore_spec(root))
     walker.walk(root, "", frozenset({root}))
     files = sorted(walker.found)
     total = sum(size for _, _, size in files)

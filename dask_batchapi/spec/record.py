@@ -7,6 +7,8 @@ records already in a store still load:
 
 * the Cortex job fields shown in the status document (``job_id``, ``api_name``, ``kind``,
   ``workers``, ``config``, ``timeout``, the dead-letter setting, the source summary, ...);
+* ``triggered_by``: ``{"api_name", "job_id"}`` of the job whose handler code submitted this
+  one (null otherwise; absent from records written before it existed);
 * ``submission``: the submission's own JSON (``Submission.to_dict``), the one source of truth;
   an ``item_list``'s items are stored apart (``items/<n>.json``) and only counted here, except
   in records written before that, which hold them inline.
@@ -62,6 +64,7 @@ class JobRecord:
     retry_of: str | None = None
     retry_refs: tuple[dict, ...] | None = None  # a retry job runs exactly these batches
     file_count: int | None = None  # listed sources: how many files matched at submit
+    triggered_by: dict | None = None  # {"api_name", "job_id"} of the job whose handler submitted it
     extra: dict = field(default_factory=dict)  # fields of newer writers, kept as they are
 
     @classmethod
@@ -146,6 +149,7 @@ class JobRecord:
             "spec_sha256": self.spec_sha256,
             "submission_sha256": self.submission_sha256,
             "retry_of": self.retry_of,
+            "triggered_by": self.triggered_by,
             **self.extra,
             "submission": data,
         }
@@ -185,6 +189,7 @@ class JobRecord:
                 retry_of=data.get("retry_of"),
                 retry_refs=tuple(refs) if refs is not None else None,
                 file_count=_file_count(data),
+                triggered_by=_triggered_by(data.get("triggered_by")),
                 extra=extra,
             )
         except KeyError as missing:
@@ -215,6 +220,12 @@ def submission_sha256(submission: Submission) -> str:
     """sha256 of the submission's canonical JSON (sorted keys), items included."""
     text = json.dumps(submission.to_dict(), sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _triggered_by(value: Any) -> dict | None:
+    if value is None:
+        return None
+    return {"api_name": str(value["api_name"]), "job_id": str(value["job_id"])}
 
 
 def _file_count(data: dict) -> int | None:

@@ -42,6 +42,7 @@ from dask_batchapi.worker.capture import capture_output
 from dask_batchapi.worker.deps import Installed, install_dependencies
 from dask_batchapi.worker.metrics import MetricsClient
 from dask_batchapi.worker.outputs import OutputWriter
+from dask_batchapi.worker.scope import HandlerScope, entered, scope_from
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ class JobContext:
     batch_timeout_grace: float = 5.0
     dependencies: dict = field(default_factory=dict)  # handler.dependencies: {kind: file}
     id_key: str | None = None  # item_list.id_key / delimited_files.id_key: outputs carry ids
+    origin: dict = field(default_factory=dict)  # store, cluster, runner: see worker/scope.py
 
 
 class JobPlugin(WorkerPlugin):
@@ -128,6 +130,7 @@ class JobPlugin(WorkerPlugin):
         self._bound: tuple | None = None
         self.metrics = MetricsClient.from_config()
         self._deps = Installed()
+        self._scope: HandlerScope | None = None
 
     def __getstate__(self) -> dict:
         return {"context": self.context, "archive": self.archive, "name": self.name}
@@ -271,6 +274,7 @@ class JobPlugin(WorkerPlugin):
             log_context(
                 api_name=ctx.api_name, job_id=ctx.job_id, log_level=ctx.log_level, **log_fields
             ),
+            entered(self._handler_scope()),
         ):
             old = os.getcwd()
             os.chdir(self.dir)
@@ -279,6 +283,16 @@ class JobPlugin(WorkerPlugin):
                     yield
             finally:
                 os.chdir(old)
+
+    def _handler_scope(self) -> HandlerScope | None:
+        if self._scope is None:
+            ctx = self.context
+            self._scope = scope_from(ctx.origin, ctx.api_name, ctx.job_id)
+        return self._scope
+
+    def _triggered(self) -> list[dict]:
+        """Jobs that handler code submitted since the last result (for the driver)."""
+        return self._scope.drain() if self._scope is not None else []
 
     # -- batches ------------------------------------------------------------------------------
     def run_chunk(self, refs: list) -> dict:
@@ -308,6 +322,7 @@ class JobPlugin(WorkerPlugin):
         result.update(
             outcomes=outcomes, not_run=not_run, logs=logs, failed_items=failed_items, metrics=metrics
         )
+        result["triggered"] = self._triggered()
         return result
 
     def _run_one(self, ref: Any, payload: Any) -> tuple:
@@ -381,6 +396,7 @@ class JobPlugin(WorkerPlugin):
                 result["error"] = error_info(exc)
         result["logs"] = install_collector().drain(self.context.job_id)
         result["metrics"] = self.metrics.drain()
+        result["triggered"] = self._triggered()
         return result
 
 
