@@ -109,11 +109,11 @@ class BatchClient:
         self.store.get_job(api_name, job_id)
         return Job(self, api_name, job_id)
 
-    def list_jobs(self, api_name: str) -> list[dict]:
-        """The ``job_status`` part of every job of the API, newest first."""
+    def list_jobs(self, api_name: str, limit: int | None = None) -> list[dict]:
+        """The ``job_status`` part of every job of the API (the ``limit`` newest), newest first."""
         api_spec = self.store.get_api(api_name)["spec"]
         statuses = []
-        for job_id in self.store.list_job_ids(api_name):
+        for job_id in self.store.list_job_ids(api_name)[:limit]:
             try:
                 doc = jobs.job_status(self.store, api_name, job_id, api_spec)
                 statuses.append(doc["job_status"])

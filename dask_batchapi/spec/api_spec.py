@@ -74,6 +74,9 @@ logger = logging.getLogger(__name__)
 SPEC_FILE_NAMES = ("batchapi.yaml", "batchapi.yml", "cortex.yaml", "cortex.yml")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MAX_NAME_LENGTH = 42
+#: Names the job service (``dask-batchapi serve``) routes itself at ``/<name>``; every other
+#: route of the service starts with ``/_/`` or holds a dot, which no API name can.
+RESERVED_NAMES = frozenset({"metrics", "healthz"})
 _NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _OTHER_KINDS = ("RealtimeAPI", "TaskAPI", "AsyncAPI", "TrafficSplitter")
 _UNSUPPORTED_TYPES = ("tensorflow", "onnx")
@@ -235,6 +238,8 @@ def _parse_name(value: Any) -> str:
         )
     if len(value) > MAX_NAME_LENGTH:
         raise Invalid(f"name must be at most {MAX_NAME_LENGTH} characters, got {show(value)}")
+    if value in RESERVED_NAMES:
+        raise Invalid(f"name {value!r} is reserved for the job service's /{value} route")
     return value
 
 
