@@ -14,10 +14,12 @@ from __future__ import annotations
 import logging
 
 from fastapi import APIRouter, Query, Request
+from starlette.exceptions import HTTPException
 from starlette.responses import PlainTextResponse
 
 from dask_batchapi.api.client import BatchClient, Job
 from dask_batchapi.api.service._http import flag, in_thread, parse_json, read_body
+from dask_batchapi.spec.api_spec import RESERVED_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +34,10 @@ _SUBMISSION_BODY = {
 }
 
 
-def _client(request: Request) -> BatchClient:
+def _client(request: Request, api_name: str) -> BatchClient:
+    """The client; a service route's name (``POST /metrics``) is a wrong method, not an API."""
+    if api_name in RESERVED_NAMES:
+        raise HTTPException(405)
     return request.app.state.client
 
 
@@ -56,7 +61,7 @@ def job_object(job: Job) -> dict:
 async def submit(
     request: Request, api_name: str, dry_run: str | None = Query(None, alias="dryRun")
 ):
-    client = _client(request)
+    client = _client(request, api_name)
     dry = flag(dry_run, "dryRun")
     submission = parse_json(await read_body(request))
     if dry:
@@ -74,7 +79,7 @@ async def get_jobs(
     job_id: str | None = Query(None, alias="jobID"),
     limit: int | None = Query(None, ge=1),
 ):
-    client = _client(request)
+    client = _client(request, api_name)
     if job_id is None:
         return await in_thread(client.list_jobs, api_name, limit)
     doc = await in_thread(lambda: client.get_job(api_name, job_id).status)
@@ -84,6 +89,6 @@ async def get_jobs(
 
 @router.delete("/{api_name}", summary="Stop a job")
 async def stop(request: Request, api_name: str, job_id: str = Query(..., alias="jobID")):
-    await in_thread(_client(request).stop_job, api_name, job_id)
+    await in_thread(_client(request, api_name).stop_job, api_name, job_id)
     logger.info("stop requested for job %s of %s", job_id, api_name)
     return {"message": f"stopped job {job_id}"}
