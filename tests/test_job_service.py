@@ -353,3 +353,41 @@ def test_serve_help_lists_the_options():
         "--insecure",
     ):
         assert option in result.stdout
+
+
+# -- deployment -----------------------------------------------------------------------------------
+def _serve_params(args: list[str]) -> dict:
+    from dask_batchapi.api.cli import main
+
+    assert args[:2] == ["dask-batchapi", "serve"]
+    return main.commands["serve"].make_context("serve", list(args[2:])).params
+
+
+def test_the_k8s_deployment_serves_with_tls_and_a_secret_token():
+    from test_kubernetes import manifests
+
+    objs = {obj["kind"]: obj for name, obj in manifests() if name.startswith("service.yaml:")}
+    assert {"ServiceAccount", "RoleBinding", "Deployment", "Service"} <= set(objs)
+    (container,) = objs["Deployment"]["spec"]["template"]["spec"]["containers"]
+    params = _serve_params(container["args"])
+    assert params["host"] == "0.0.0.0" and params["certfile"] and params["keyfile"]
+    assert not params["insecure"]  # not loopback: TLS, as the service demands
+    env = {e["name"]: e for e in container["env"]}
+    assert (
+        env["DASK_BATCHAPI_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "dask-batchapi-service"
+    )
+    assert env["DASK_BATCHAPI_CLUSTER"]["value"] == "kubernetes"  # drivers outlive the pod
+
+
+def test_the_systemd_unit_runs_serve_with_a_token_file():
+    import shlex
+    from pathlib import Path
+
+    unit = (Path(__file__).parent.parent / "k8s" / "dask-batchapi-serve.service").read_text()
+    lines = dict(
+        line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#")
+    )
+    command = shlex.split(lines["ExecStart"])
+    params = _serve_params(["dask-batchapi", *command[1:]])
+    assert params["token_file"] and params["host"] == "127.0.0.1"
+    assert lines["KillMode"] == "process"  # a restart leaves the detached job drivers alone

@@ -42,7 +42,7 @@ from distributed import LocalCluster
 from s3_fixtures import s3_bucket, s3_server  # noqa: F401 - fixtures
 
 import dask_batchapi as batchapi
-from dask_batchapi import kubernetes as k8s
+from dask_batchapi.cluster import kubernetes as k8s
 from dask_batchapi.cluster.backends import missing_resources, parse_resources, task_resources
 from dask_batchapi.errors import ClusterError
 from dask_batchapi.spec.api_spec import load_api_specs
@@ -428,7 +428,7 @@ def test_no_credentials_fail_fast_in_one_line(tmp_path):
         pytest.skip("running inside a Kubernetes pod: this would reach a real API server")
     code = """
 import dask.config
-from dask_batchapi import kubernetes as k8s
+from dask_batchapi.cluster import kubernetes as k8s
 from dask_batchapi.errors import ClusterError
 with dask.config.set({"batchapi.kubernetes.image": "img"}):
     for start in (lambda: k8s.KubernetesBackend(1, {}).start(),

@@ -74,9 +74,7 @@ logger = logging.getLogger(__name__)
 SPEC_FILE_NAMES = ("batchapi.yaml", "batchapi.yml", "cortex.yaml", "cortex.yml")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MAX_NAME_LENGTH = 42
-#: Names the job service (``dask-batchapi serve``) routes itself at ``/<name>``; every other
-#: route of the service starts with ``/_/`` or holds a dot, which no API name can.
-RESERVED_NAMES = frozenset({"metrics", "healthz"})
+RESERVED_NAMES = frozenset({"metrics", "healthz"})  # routes of the job service (api/service/app.py)
 _NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _OTHER_KINDS = ("RealtimeAPI", "TaskAPI", "AsyncAPI", "TrafficSplitter")
 _UNSUPPORTED_TYPES = ("tensorflow", "onnx")
