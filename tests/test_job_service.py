@@ -166,6 +166,24 @@ def test_no_traceback_reaches_a_client(services, sleepy_api):
         assert TRACEBACK not in response.text and set(response.json()) == {"kind", "message"}
 
 
+def test_a_damaged_job_is_one_error_and_the_dashboard_and_metrics_go_on(
+    services, sleepy_api, store_dir
+):
+    service = services()
+    good = service.post("/sleepy", json=items(1)).json()["job_id"]
+    service.wait_status("sleepy", good, {"succeeded"})
+    damaged = "0000000000000000"  # sorts first: listed as the newest job
+    (store_dir / "jobs" / "sleepy" / damaged).mkdir()
+    (store_dir / "jobs" / "sleepy" / damaged / "job.json").write_text("[1]")
+    response = service.get("/sleepy", params={"jobID": damaged})
+    assert response.status_code == 503 and response.json()["kind"] == "StoreError"
+    assert TRACEBACK not in response.text
+    rows = service.get("/_/overview").json()["apis"][0]["jobs"]
+    assert [r["job_id"] for r in rows] == [good]
+    assert 'batchapi_jobs{api="sleepy",status="succeeded"} 1.0' in service.get("/metrics").text
+    assert service.get("/sleepy").status_code == 503  # the API's full list says it is damaged
+
+
 # -- auth -----------------------------------------------------------------------------------------
 def test_every_route_needs_the_token(services, sleepy_api):
     service = services()

@@ -10,7 +10,8 @@ JSON under ``/_/`` (the prefix no API name can take):
 - ``GET /_/jobs/<api>/<id>``: one job's row and status document
 - ``GET /_/jobs/<api>/<id>/logs?after=<cursor>``: log lines after a cursor (the last
   ``batchapi.service.log-tail-lines`` when there is none), and the next cursor
-- ``GET /_/jobs/<api>/<id>/dead-letter``: the dead letter (payload, error, traceback, attempts)
+- ``GET /_/jobs/<api>/<id>/dead-letter?limit=100``: the dead letter's first records
+  (payload, error, traceback, attempts) and its size
 - ``POST /_/jobs/<api>/<id>/retry``: a new job of the dead-lettered batches
 """
 
@@ -98,7 +99,7 @@ def overview(client: BatchClient) -> dict:
     now = time.time()
     apis = []
     for api in client.list_apis():
-        rows = [job_row(j, now) for j in client.list_jobs(api.name, limit)]
+        rows = [job_row(j, now) for j in client.list_jobs(api.name, limit, skip_unreadable=True)]
         apis.append(
             {"name": api.name, "deployed_time": api.record.get("deployed_time"), "jobs": rows}
         )
@@ -134,8 +135,12 @@ async def get_logs(
 
 
 @router.get("/jobs/{api_name}/{job_id}/dead-letter", summary="A job's dead-lettered batches")
-async def get_dead_letter(request: Request, api_name: str, job_id: str) -> list:
-    return await in_thread(request.app.state.client.dead_letter, api_name, job_id)
+async def get_dead_letter(
+    request: Request, api_name: str, job_id: str, limit: int = Query(100, ge=1)
+) -> dict:
+    """The first ``limit`` records (payload, error, traceback, attempts) and how many there are."""
+    records = await in_thread(request.app.state.client.dead_letter, api_name, job_id)
+    return {"total": len(records), "records": records[:limit]}
 
 
 @router.post("/jobs/{api_name}/{job_id}/retry", summary="Retry a job's dead-lettered batches")

@@ -57,7 +57,10 @@ class StoreCollector:
         self.client = client
 
     def collect(self) -> Iterator[Metric]:
-        jobs_by_api = {api.name: self.client.list_jobs(api.name) for api in self.client.list_apis()}
+        jobs_by_api = {
+            api.name: self.client.list_jobs(api.name, skip_unreadable=True)
+            for api in self.client.list_apis()
+        }
         yield _jobs_by_status(jobs_by_api)
         yield from _batch_counters(jobs_by_api)
         yield _duration_histogram(jobs_by_api)

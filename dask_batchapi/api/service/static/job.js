@@ -80,9 +80,11 @@ function deadRecord(r) {
 
 async function drawDeadLetter(row) {
   if (row.dead_lettered === deadShown) return;
-  const records = await getJSON(base + "/dead-letter");
+  const data = await getJSON(base + "/dead-letter");
   deadShown = row.dead_lettered;
-  document.getElementById("dead-count").textContent = "(" + records.length + ")";
+  const records = data.records;
+  document.getElementById("dead-count").textContent = "(" + data.total
+    + (data.total > records.length ? ", the first " + records.length + " shown" : "") + ")";
   const box = document.getElementById("dead-letter");
   box.replaceChildren(...(records.length ? records.map(deadRecord) : [el("p", "no failed batches", "muted")]));
 }
