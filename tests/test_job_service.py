@@ -338,13 +338,32 @@ def test_metrics_report_jobs_and_batches(services, sleepy_api):
     assert 'batchapi_batches_in_queue{api="sleepy"} 0.0' in text
 
 
-def test_openapi_schema_lists_the_routes(services, sleepy_api):
-    schema = services().get("/openapi.json").json()
+def test_openapi_schema_is_valid_and_every_operation_answers_garbage_cleanly(services, sleepy_api):
+    """A small schemathesis: each operation of the served schema, with hostile path and query
+    values, answers without a server error, and every error is {"kind", "message"}."""
+    validator = pytest.importorskip("openapi_spec_validator")
+    service = services()
+    schema = service.get("/openapi.json").json()
+    validator.validate(schema)
     assert set(schema["paths"]["/{api_name}"]) == {"get", "post", "delete"}
-    assert "/metrics" in schema["paths"] and "/healthz" in schema["paths"]
     assert all(
         p.startswith(("/_/", "/{api_name}", "/metrics", "/healthz")) for p in schema["paths"]
     )
+    hostile = ["x", "../..", "%2e%2e", "<script>", "0" * 300, "sleepy"]
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            names = [p["name"] for p in operation.get("parameters", []) if p["in"] == "query"]
+            for value in hostile:
+                url = path.replace("{api_name}", value).replace("{job_id}", value)
+                params = dict.fromkeys(names, value)
+                response = requests.request(
+                    method, service.url + url, params=params, headers=service.headers,
+                    data=b"{}" if method == "post" else None, timeout=30,
+                )  # fmt: skip
+                assert response.status_code < 500, (method, url, params, response.text)
+                if response.status_code >= 400:
+                    assert set(response.json()) == {"kind", "message"}, response.text
+                    assert TRACEBACK not in response.text
 
 
 def test_api_names_of_service_routes_are_reserved(tmp_path, store_dir):
@@ -409,3 +428,24 @@ def test_the_systemd_unit_runs_serve_with_a_token_file():
     params = _serve_params(["dask-batchapi", *command[1:]])
     assert params["token_file"] and params["host"] == "127.0.0.1"
     assert lines["KillMode"] == "process"  # a restart leaves the detached job drivers alone
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_loopback_hosts_serve_plain_http(host):
+    from dask_batchapi.api.service.server import Listener, check_listener
+
+    check_listener(Listener(host, 0), insecure=False)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "example.com"])
+def test_other_hosts_need_tls_or_insecure(host, tmp_path):
+    from dask_batchapi.api.service.server import Listener, check_listener
+    from dask_batchapi.errors import ServiceError
+
+    with pytest.raises(ServiceError, match="not a loopback address"):
+        check_listener(Listener(host, 0), insecure=False)
+    check_listener(Listener(host, 0), insecure=True)
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.write_text("x")
+    key.write_text("x")
+    check_listener(Listener(host, 0, str(cert), str(key)), insecure=False)
