@@ -3,8 +3,11 @@ requests as the client, real jobs on the embedded cluster (drivers detached, as 
 
 from __future__ import annotations
 
+import os
 import socket
 import stat
+import subprocess
+import sys
 import time
 
 import pytest
@@ -449,3 +452,20 @@ def test_other_hosts_need_tls_or_insecure(host, tmp_path):
     cert.write_text("x")
     key.write_text("x")
     check_listener(Listener(host, 0, str(cert), str(key)), insecure=False)
+
+
+def test_a_planted_token_directory_is_refused(tmp_path, store_dir):
+    runtime, elsewhere = tmp_path / "runtime", tmp_path / "elsewhere"
+    runtime.mkdir(mode=0o700)
+    elsewhere.mkdir()
+    (runtime / f"dask-batchapi-{os.getuid()}").symlink_to(elsewhere)
+    env = {k: v for k, v in os.environ.items() if k != "DASK_BATCHAPI_TOKEN"}
+    env["XDG_RUNTIME_DIR"] = str(runtime)
+    command = [sys.executable, "-m", "dask_batchapi", "serve", "--port", "0"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: {runtime}/dask-batchapi-{os.getuid()} is not a directory of this user; "
+        "remove it and retry"
+    ]
+    assert not list(elsewhere.iterdir())

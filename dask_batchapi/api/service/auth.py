@@ -37,12 +37,19 @@ _SAFE_METHODS = frozenset({"GET", "HEAD"})
 
 
 def token_dir() -> Path:
-    """The per-user private directory (0700) where a generated token is kept."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    path = Path(base) / f"dask-batchapi-{os.getuid()}" / "service"
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path.chmod(0o700)
-    return path
+    """The per-user private directory (0700) where a generated token is kept.
+
+    Under ``$XDG_RUNTIME_DIR`` (else the temp dir): each level is checked to be a real directory
+    of this user, so nobody can have planted it (or a link) there first to read the token."""
+    base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+    path = base / f"dask-batchapi-{os.getuid()}"
+    for level in (path, path / "service"):
+        level.mkdir(mode=0o700, exist_ok=True)
+        info = level.lstat()
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            raise ServiceError(f"{level} is not a directory of this user; remove it and retry")
+        level.chmod(0o700)
+    return path / "service"
 
 
 def resolve_token(token_file: str | None, port: int) -> tuple[str, Path | None]:
