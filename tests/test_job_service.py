@@ -307,6 +307,11 @@ def test_two_services_on_one_store_see_the_same_jobs(services, sleepy_api):
             a["jobs"] for a in service.get("/_/overview").json()["apis"] if a["name"] == "sleepy"
         ]
         assert [(r["job_id"], r["status"]) for r in rows[0]] == [(job_id, "succeeded")]
+    # SIGTERM: uvicorn's graceful shutdown, in seconds; the other service goes on
+    started = time.time()
+    one.stop()
+    assert time.time() - started < 10 and "Finished server process" in one.log.read_text()
+    assert two.get("/sleepy", params={"jobID": job_id}).status_code == 200
 
 
 def test_a_job_keeps_running_while_the_service_restarts(services, sleepy_api):
