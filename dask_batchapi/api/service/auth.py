@@ -117,8 +117,11 @@ class TokenAuth:
         ).hexdigest()
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "lifespan":
             await self.app(scope, receive, send)
+            return
+        if scope["type"] != "http":  # no websocket routes: nothing else may pass unchecked
+            await send({"type": "websocket.close", "code": 1008})
             return
         request = Request(scope)
         response = self._check(request)
