@@ -20,7 +20,9 @@ offending value: ``item_list.batch_size must be an integer >= 1, got 0``.
     │   └── EnvironmentNotFound  no ``batchapi.environments.<name>`` (``client("aws")``)
     ├── JobStateError        the job is in the wrong state for the request (resume a live job)
     │   └── APIRedeployed    resume of a job whose API was redeployed since (without --force)
-    └── ClusterError         no cluster could be reached or built
+    ├── ClusterError         no cluster could be reached or built
+    └── ServiceError         the job service (dask-batchapi serve) cannot start or refuses a request
+        └── RequestTooLarge  a request body over batchapi.service.max-body-bytes
 """
 
 from __future__ import annotations
@@ -95,6 +97,14 @@ class APIRedeployed(JobStateError):
 
 class ClusterError(BatchAPIError):
     """No Dask cluster could be reached or created."""
+
+
+class ServiceError(BatchAPIError):
+    """The job service cannot start as asked, or refuses a request."""
+
+
+class RequestTooLarge(ServiceError):
+    """A request body is over the service's limit."""
 
 
 class BatchAPIWarning(UserWarning):

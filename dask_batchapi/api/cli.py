@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from dask_batchapi.api.client import BatchClient, Job
+from dask_batchapi.api.service.command import serve
 from dask_batchapi.errors import BatchAPIError, JobStateError
 from dask_batchapi.spec.api_spec import load_submission
 from dask_batchapi.status import JobStatus, parse_iso
@@ -398,6 +399,8 @@ def delete(api_name: str, store: str | None) -> None:
     _client(store).delete_api(api_name)
     click.echo(f"deleted {api_name}")
 
+
+main.add_command(serve)
 
 if __name__ == "__main__":
     main()

@@ -23,7 +23,7 @@ from dask_batchapi.api.compat import warn_if_cortex_package
 from dask_batchapi.api.cortex_names import APIMapping, CortexClientNames, JobMapping
 from dask_batchapi.driver import launch
 from dask_batchapi.driver.ledger import read_dead_letter, read_logs
-from dask_batchapi.errors import JobNotFound, JobStateError
+from dask_batchapi.errors import JobNotFound, JobStateError, StoreError
 from dask_batchapi.spec.api_spec import Submission, parse_submission
 from dask_batchapi.status import JobStatus
 from dask_batchapi.store.jobstore import JobStore
@@ -131,16 +131,25 @@ class BatchClient(CortexClientNames):
         self.store.get_job(api_name, job_id)
         return Job(self, api_name, job_id)
 
-    def list_jobs(self, api_name: str) -> list[dict]:
-        """The ``job_status`` part of every job of the API, newest first."""
+    def list_jobs(
+        self, api_name: str, limit: int | None = None, skip_unreadable: bool = False
+    ) -> list[dict]:
+        """The ``job_status`` part of every job of the API (the ``limit`` newest), newest first.
+
+        ``skip_unreadable``: leave out (and log) a job whose files in the store are damaged,
+        instead of raising StoreError (a dashboard shows the other jobs)."""
         api_spec = self.store.get_api(api_name)["spec"]
         statuses = []
-        for job_id in self.store.list_job_ids(api_name):
+        for job_id in self.store.list_job_ids(api_name)[:limit]:
             try:
                 doc = jobs.job_status(self.store, api_name, job_id, api_spec)
                 statuses.append(doc["job_status"])
             except JobNotFound:
                 continue  # being submitted right now: its record is not written yet
+            except StoreError as error:
+                if not skip_unreadable:
+                    raise
+                logger.warning("job %s/%s left out: %s", api_name, job_id, error)
         return statuses
 
     def stop_job(self, api_name: str, job_id: str, keep_cache: bool = False) -> None:

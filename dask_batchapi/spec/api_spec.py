@@ -79,6 +79,7 @@ logger = logging.getLogger(__name__)
 SPEC_FILE_NAMES = ("batchapi.yaml", "batchapi.yml", "cortex.yaml", "cortex.yml")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MAX_NAME_LENGTH = 42
+RESERVED_NAMES = frozenset({"metrics", "healthz"})  # routes of the job service (api/service/app.py)
 _NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -230,6 +231,8 @@ def _parse_name(value: Any) -> str:
         )
     if len(value) > MAX_NAME_LENGTH:
         raise Invalid(f"name must be at most {MAX_NAME_LENGTH} characters, got {show(value)}")
+    if value in RESERVED_NAMES:
+        raise Invalid(f"name {value!r} is reserved for the job service's /{value} route")
     return value
 
 
