@@ -16,6 +16,9 @@ offending value: ``item_list.batch_size must be an integer >= 1, got 0``.
     │   ├── APINotFound      no API of that name in the store
     │   └── JobNotFound      no job of that id
     ├── JobStateError        the job is in the wrong state for the request (resume a live job)
+    │   └── LeaseLost        another driver holds the job now: this one must not write
+    ├── UnsafeDirectory      a private directory (sockets, logs) belongs to another user
+    ├── LimitError           input over a safety limit (YAML aliases, nesting, unpacked size)
     └── ClusterError         no cluster could be reached or built
 """
 
@@ -60,6 +63,18 @@ class JobNotFound(NotFound):
 
 class JobStateError(BatchAPIError):
     """The job's state does not allow the request."""
+
+
+class LeaseLost(JobStateError):
+    """Another driver holds the job's lease now: this driver must not write to the job."""
+
+
+class UnsafeDirectory(BatchAPIError):
+    """A directory that must be private belongs to another user or is open to others."""
+
+
+class LimitError(BatchAPIError):
+    """Input over a safety limit: YAML aliases, nesting depth, unpacked size, file count."""
 
 
 class ClusterError(BatchAPIError):

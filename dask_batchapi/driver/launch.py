@@ -10,14 +10,13 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
-import tempfile
 import threading
-from pathlib import Path
 from typing import Any
 
 from dask_batchapi import config
 from dask_batchapi.driver import warm
 from dask_batchapi.driver.runner import run_job
+from dask_batchapi.fsutil import open_private_log, private_runtime_dir
 from dask_batchapi.spec.record import JobRecord
 from dask_batchapi.store import JobStore
 
@@ -36,8 +35,7 @@ def launch_detached(store: JobStore, record: JobRecord, cluster: str) -> int:
         pid = warm.hand_off(key, store.url, api_name, job_id)
         if pid is not None:
             return pid
-    log_dir = Path(tempfile.gettempdir()) / "dask-batchapi-runners"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = private_runtime_dir("dask-batchapi-runners")
     cmd = [
         sys.executable,
         "-m",
@@ -49,7 +47,7 @@ def launch_detached(store: JobStore, record: JobRecord, cluster: str) -> int:
         api_name,
         job_id,
     ]
-    with open(log_dir / f"{job_id}.log", "ab") as out:
+    with open_private_log(log_dir / f"{job_id}.log") as out:
         proc = subprocess.Popen(  # noqa: S603 - our own module
             cmd,
             stdin=subprocess.DEVNULL,

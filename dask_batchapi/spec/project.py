@@ -15,7 +15,6 @@ import io
 import json
 import logging
 import os
-import re
 import signal
 import stat
 import subprocess
@@ -24,7 +23,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import pathspec
 from dotenv import dotenv_values
@@ -32,6 +31,7 @@ from dotenv import dotenv_values
 from dask_batchapi.errors import HandlerError, SpecError
 from dask_batchapi.spec import _handler_check
 from dask_batchapi.spec.api_spec import HandlerSpec
+from dask_batchapi.spec.unpack import unpack_project  # noqa: F401 - its former home
 
 logger = logging.getLogger(__name__)
 
@@ -213,45 +213,7 @@ def pack_project(
 # --------------------------------------------------------------------------- unpacking
 
 
-def _destination(base: Path, info: zipfile.ZipInfo) -> Path:
-    name = info.filename.replace("\\", "/")
-    if stat.S_ISLNK(info.external_attr >> 16):
-        raise SpecError(f"project archive member {info.filename!r} is a symbolic link; refused")
-    if name.startswith("/") or re.match(r"^[A-Za-z]:", name) or ".." in PurePosixPath(name).parts:
-        raise SpecError(f"project archive member {info.filename!r} has an unsafe path; refused")
-    destination = (base / name).resolve()
-    if not destination.is_relative_to(base):
-        raise SpecError(f"project archive member {info.filename!r} points outside {base}; refused")
-    return destination
-
-
-def unpack_project(data: bytes, target: str | Path) -> Path:
-    """Unpack a project archive into ``target`` (created if needed) and return ``target``.
-
-    Every member is checked before anything is written: absolute paths, ``..`` and symbolic
-    links are refused with a :class:`~dask_batchapi.errors.SpecError`.
-
-    >>> unpack_project(pack_project("my-api", "batchapi.yaml").data, "/tmp/x")  # doctest: +SKIP
-    PosixPath('/tmp/x')
-    """
-    target = Path(target)
-    target.mkdir(parents=True, exist_ok=True)
-    base = target.resolve()
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as error:
-        raise SpecError(f"project archive is not a valid zip file: {error}") from None
-    with archive:
-        members = [(info, _destination(base, info)) for info in archive.infolist()]
-        for info, destination in members:
-            if info.is_dir():
-                destination.mkdir(parents=True, exist_ok=True)
-                continue
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            destination.write_bytes(archive.read(info))
-            if (info.external_attr >> 16) & 0o111:
-                destination.chmod(0o755)
-    return target
+# (in dask_batchapi.spec.unpack)
 
 
 # --------------------------------------------------------------------------- handler

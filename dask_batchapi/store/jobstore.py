@@ -18,6 +18,7 @@ is written as new numbered segments, so a checkpoint costs O(changes), never O(j
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -141,10 +142,19 @@ class JobStore:
             ) from None
 
     def get_archive(self, name: str, sha256: str) -> bytes:
+        """The API's project archive, verified against its sha256 (a changed one is refused)."""
+        path = self._path("apis", name, "archives", f"{sha256}.zip")
         try:
-            return self.read_bytes(self._path("apis", name, "archives", f"{sha256}.zip"))
+            data = self.read_bytes(path)
         except FileNotFoundError:
             raise StoreError(f"project archive {sha256[:12]} of API {name!r} is missing") from None
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256:
+            raise StoreError(
+                f"project archive {path} was changed in the store: its sha256 is {actual[:12]},"
+                f" not {sha256[:12]}; deploy the API again"
+            )
+        return data
 
     def list_apis(self) -> list[dict]:
         records = []

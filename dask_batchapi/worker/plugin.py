@@ -35,7 +35,8 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from dask_batchapi.logging import install_collector, log_context
 from dask_batchapi.sources.batches import load_payloads
 from dask_batchapi.sources.delimited import PARSED
-from dask_batchapi.spec.project import read_env_file, unpack_project
+from dask_batchapi.spec.project import read_env_file
+from dask_batchapi.spec.unpack import unpack_limits, unpack_project
 from dask_batchapi.worker.capture import capture_output
 from dask_batchapi.worker.outputs import OutputWriter
 
@@ -130,7 +131,7 @@ class JobPlugin(WorkerPlugin):
     # -- lifecycle ----------------------------------------------------------------------------
     def setup(self, worker) -> None:
         root = Path(worker.local_directory) / "batchapi"
-        self.dir = unpack_project(self.archive, root / self.context.job_id)
+        self.dir = unpack_project(self.archive, root / self.context.job_id, *unpack_limits())
         self.worker_address = worker.address
         install_collector()
         if self.context.batch_timeout:
