@@ -130,9 +130,7 @@ class BatchClient:
         target = cluster if cluster is not None else self.cluster
         target = target if target is not None else record.cluster
         target = "local" if target == "client" and cluster is None else target
-        jobs.check_cluster(
-            target, self.store.url, jobs.data_urls(record.submission)
-        )
+        jobs.check_cluster(target, self.store.url, jobs.data_urls(record.submission))
         driver = launch.start_job(self.store, record, target)
         return Job(self, api_name, job_id, driver=driver)
 

@@ -19,15 +19,17 @@ from typing import Any
 from dask_batchapi import config
 from dask_batchapi.driver import warm as service
 from dask_batchapi.driver.ledger import read_dead_letter
-from dask_batchapi.driver.liveness import driver_alive, read_state
+from dask_batchapi.driver.liveness import driver_alive, lease_busy, read_state
 from dask_batchapi.errors import JobStateError, SubmissionError
 from dask_batchapi.spec.api_spec import Submission, load_api_specs
 from dask_batchapi.spec.project import check_handler, pack_project
 from dask_batchapi.spec.record import JobRecord
 from dask_batchapi.status import JobState, JobStatus, is_interrupted, status_document, utcnow_iso
+from dask_batchapi.store import lease
 from dask_batchapi.store.jobstore import JobStore
 
 logger = logging.getLogger(__name__)
+
 
 # -- deploy ---------------------------------------------------------------------------------
 def deploy(store: JobStore, project_dir: str | os.PathLike) -> list[dict]:
@@ -100,6 +102,7 @@ def _write_new_job(store: JobStore, record: JobRecord) -> None:
     store.create_job(record)
     state = JobState(total_batch_count=record.known_batch_count)
     store.write_state(record.api_name, record.job_id, state.to_dict())
+    lease.acquire(store, record.api_name, record.job_id, 0, by="submit")
 
 
 def with_workers(submission: Submission, workers: int | None) -> Submission:
@@ -167,12 +170,18 @@ def stop_job(store: JobStore, api_name: str, job_id: str) -> None:
 
 def prepare_resume(store: JobStore, api_name: str, job_id: str) -> JobRecord:
     """Check that a job can be resumed (its driver is dead, it did not succeed)."""
+    token = lease.latest(store, api_name, job_id)  # before the state: what we judge is this
     record = store.get_job(api_name, job_id)
     state = read_state(store, api_name, job_id)
     if state.job_status is JobStatus.SUCCEEDED:
         raise JobStateError(f"job {job_id} already succeeded; nothing to resume")
-    if not state.job_status.is_terminal:
+    grace = max(3 * float(config.get("heartbeat-timeout")), _start_timeout(record))
+    busy = lease_busy(store, api_name, job_id, token, grace)
+    if busy:
+        raise JobStateError(f"job {job_id} is being started right now; wait for its driver")
+    if busy is None and not state.job_status.is_terminal:
         _refuse_if_driver_alive(record, state)
+    lease.acquire(store, api_name, job_id, token, by="resume")  # of two resumes, one wins
     store.clear_stop(api_name, job_id)
     # pending again until the new driver is up, so nobody reads the old end or the dead pid
     state.move_to(JobStatus.PENDING)
@@ -187,7 +196,9 @@ def _refuse_if_driver_alive(record: JobRecord, state: JobState) -> None:
     heartbeat; elsewhere, a fresh heartbeat means alive."""
     job_id = record.job_id
     alive = driver_alive(state)
-    stale = is_interrupted(record.job_fields(), state, time.time(), float(config.get("heartbeat-timeout")))
+    stale = is_interrupted(
+        record.job_fields(), state, time.time(), float(config.get("heartbeat-timeout"))
+    )
     if alive is True or (alive is None and not stale):
         raise JobStateError(
             f"job {job_id} is {state.status} and its driver is alive; stop it first or wait"

@@ -42,7 +42,8 @@ from dask_batchapi.driver.losses import (
     timeout_info,
 )
 from dask_batchapi.driver.outcomes import BatchBook, OutOfMemory
-from dask_batchapi.errors import SourceError
+from dask_batchapi.driver.store_failure import end_on_store_failure
+from dask_batchapi.errors import LeaseLost, SourceError, StoreError
 from dask_batchapi.sources.batches import BatchRef
 from dask_batchapi.spec.record import JobRecord
 from dask_batchapi.status import JobState, JobStatus, parse_iso, utcnow_iso
@@ -141,6 +142,17 @@ class JobDriver:
     def run(self) -> JobStatus:
         """Run the job to a final status; never raises for the job's own failures."""
         try:
+            return self._run()
+        except LeaseLost as exc:  # a newer driver took the job over: leave without a write
+            logger.warning("%s", exc)
+            self._release()
+        except StoreError as exc:  # the store refuses our writes (full, gone): end the job
+            self._release()
+            end_on_store_failure(self.store, self.api_name, self.job_id, self.state, exc)
+        return self.state.job_status
+
+    def _run(self) -> JobStatus:
+        try:
             self._start()
             self._dispatch_until_drained()
             self._complete()
@@ -155,6 +167,8 @@ class JobDriver:
         except OutOfMemory as exc:
             self.log.error(str(exc))
             self._finish(JobStatus.WORKER_OOM, error_dict("out_of_memory", exc))
+        except (LeaseLost, StoreError):
+            raise
         except SourceError as exc:
             self.log.error(f"input could not be read: {exc}")
             self._finish(JobStatus.ENQUEUE_FAILED, error_dict("enqueue", exc))

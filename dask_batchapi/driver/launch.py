@@ -64,8 +64,6 @@ def is_detachable(target: Any) -> bool:
     return config.cluster_kind(target) != "object"
 
 
-
-
 def launch_in_thread(store: JobStore, api_name: str, job_id: str, cluster: Any) -> threading.Thread:
     thread = threading.Thread(
         target=run_job,

@@ -27,9 +27,12 @@ from dask_batchapi.driver.driver import JobDriver
 from dask_batchapi.driver.enqueue import batch_refs
 from dask_batchapi.driver.ledger import load_final
 from dask_batchapi.driver.liveness import driver_alive
+from dask_batchapi.driver.store_failure import end_with_error
+from dask_batchapi.errors import LeaseLost, StoreError
 from dask_batchapi.spec.api_spec import APISpec, Submission, api_spec_from_dict, deep_merge
 from dask_batchapi.spec.record import JobRecord
-from dask_batchapi.status import JobState, JobStatus, utcnow_iso
+from dask_batchapi.status import JobState, JobStatus
+from dask_batchapi.store import lease
 from dask_batchapi.store.jobstore import JobStore
 from dask_batchapi.worker.plugin import JobContext
 
@@ -64,14 +67,26 @@ class Pulse(threading.Thread):
 
 
 def run_job(store: JobStore, api_name: str, job_id: str, cluster: Any) -> JobStatus:
-    """Drive a job (a new one, or the rest of an interrupted one) to a final status."""
-    pulse = Pulse(store, api_name, job_id)
+    """Drive a job (a new one, or the rest of an interrupted one) to a final status.
+
+    Only as the holder of the job's lease (:mod:`dask_batchapi.store.lease`): a job another
+    driver holds is left alone."""
+    try:
+        fenced = lease.adopt(store, api_name, job_id)
+    except LeaseLost as exc:
+        logger.warning("%s", exc)
+        return JobState.from_dict(store.read_state(api_name, job_id)).job_status
+    pulse = Pulse(fenced, api_name, job_id)
     pulse.beat()
     pulse.start()
     try:
-        return _run_job(store, api_name, job_id, cluster)
+        return _run_job(fenced, api_name, job_id, cluster)
+    except LeaseLost as exc:
+        logger.warning("%s", exc)
+        return JobStatus.UNEXPECTED_ERROR
     finally:
         pulse.stop()
+        fenced.release()
 
 
 def _run_job(store: JobStore, api_name: str, job_id: str, cluster: Any) -> JobStatus:
@@ -118,15 +133,15 @@ def _run_job(store: JobStore, api_name: str, job_id: str, cluster: Any) -> JobSt
             if indexer is not None:
                 indexer.wait = driver.tick
             return driver.run()
+    except LeaseLost:
+        raise
     except Exception as exc:  # noqa: BLE001 - the job must end in a final status
         if state.job_status.is_terminal:  # e.g. closing the cluster failed after the end
             logger.warning("job %s ended %s; then: %s", job_id, state.status, exc)
             return state.job_status
         logger.exception("job %s could not run", job_id)
-        state.move_to(JobStatus.UNEXPECTED_ERROR)
-        state.error = {"type": type(exc).__name__, "message": str(exc), "reason": "driver"}
-        state.end_time = utcnow_iso()
-        store.write_state(api_name, job_id, state.to_dict())
+        reason = "store" if isinstance(exc, StoreError) else "driver"
+        end_with_error(store, api_name, job_id, state, exc, reason)
         return JobStatus.UNEXPECTED_ERROR
 
 

@@ -179,7 +179,9 @@ class JobStore:
 
     def create_job(self, record: JobRecord) -> None:
         """Write a new job's record (and, for an item_list, its items in segments)."""
-        if record.item_count is not None and not isinstance(record.submission.source.items, StoredItems):
+        if record.item_count is not None and not isinstance(
+            record.submission.source.items, StoredItems
+        ):
             self.put_items(record.api_name, record.job_id, record.submission.source.items)
         self.write_json(self._job(record.api_name, record.job_id, "job.json"), record.to_dict())
 
