@@ -20,9 +20,10 @@ from dask_batchapi import config
 from dask_batchapi.api import jobs
 from dask_batchapi.driver import launch
 from dask_batchapi.driver.ledger import read_dead_letter, read_logs
-from dask_batchapi.errors import JobNotFound, JobStateError
+from dask_batchapi.errors import JobNotFound, JobStateError, StoreError
 from dask_batchapi.spec.api_spec import Submission, parse_submission
 from dask_batchapi.status import JobStatus
+from dask_batchapi.store.checks import unreadable_job
 from dask_batchapi.store.jobstore import JobStore
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,9 @@ class BatchClient:
         running = [
             j
             for j in self.list_jobs(api_name)
-            if not JobStatus(j["status"]).is_terminal and not j.get("interrupted")
+            if not j.get("unreadable")
+            and not JobStatus(j["status"]).is_terminal
+            and not j.get("interrupted")
         ]
         for job in running:
             jobs.stop_job(self.store, api_name, job["job_id"])
@@ -119,6 +122,8 @@ class BatchClient:
                 statuses.append(doc["job_status"])
             except JobNotFound:
                 continue  # being submitted right now: its record is not written yet
+            except StoreError as exc:  # one corrupted job: marked, the others still listed
+                statuses.append(unreadable_job(api_name, job_id, exc))
         return statuses
 
     def stop_job(self, api_name: str, job_id: str) -> None:
@@ -170,7 +175,7 @@ class BatchAPI:
     def __init__(self, client: BatchClient, record: dict):
         self.client, self.record = client, record
         self.name: str = record["name"]
-        self.spec: dict = record["spec"]
+        self.spec: dict = record.get("spec") or {}
 
     def __repr__(self) -> str:
         return f"<BatchAPI {self.name!r} store={self.client.store.url!r}>"

@@ -18,9 +18,11 @@ from typing import Any
 
 from dask_batchapi import config
 from dask_batchapi.driver import warm as service
+from dask_batchapi.driver.launch import is_detachable
 from dask_batchapi.driver.ledger import read_dead_letter
 from dask_batchapi.driver.liveness import driver_alive, lease_busy, read_state
 from dask_batchapi.errors import JobStateError, SubmissionError
+from dask_batchapi.fsutil import private_runtime_dir
 from dask_batchapi.spec.api_spec import Submission, load_api_specs
 from dask_batchapi.spec.project import check_handler, pack_project
 from dask_batchapi.spec.record import JobRecord
@@ -119,6 +121,10 @@ def check_cluster(target: Any, store_url: str | None = None, urls: Sequence[str]
     ``urls``: the job's inputs and output; on Kubernetes they, and the store, must be shared.
     """
     kind = config.cluster_kind(target)
+    if is_detachable(target) and kind != "kubernetes":  # a runner's log and maybe its socket
+        private_runtime_dir("dask-batchapi-runners")  # refused here if squatted: nothing written
+        if service.serves(target):
+            private_runtime_dir("dask-batchapi")
     if kind == "kubernetes":
         from dask_batchapi.cluster.kubernetes import check_submit
 

@@ -56,7 +56,7 @@ def _check_declared(infos: list[zipfile.ZipInfo], max_bytes: int, max_files: int
     total = sum(info.file_size for info in infos)
     if total > max_bytes:
         raise LimitError(
-            f"project archive unpacks to {total} bytes, over the limit of {max_bytes}"
+            f"project archive unpacks to {total} bytes, over the limit of {max_bytes} bytes"
             " (batchapi.unpack-max-bytes)"
         )
 
@@ -102,8 +102,6 @@ def unpack_project(
     PosixPath('/tmp/x')
     """
     target = Path(target)
-    make_private_dirs(target)
-    base = target.resolve()
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile as error:
@@ -111,6 +109,8 @@ def unpack_project(
     with archive:
         infos = archive.infolist()
         _check_declared(infos, max_bytes, max_files)
+        make_private_dirs(target)
+        base = target.resolve()
         members = [(info, _destination(base, info)) for info in infos]
         budget = _Budget(max_bytes)
         try:

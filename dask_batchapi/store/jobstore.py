@@ -31,6 +31,7 @@ from dask_batchapi import config
 from dask_batchapi.errors import APINotFound, JobNotFound, StoreError
 from dask_batchapi.fsutil import atomic_write
 from dask_batchapi.spec.record import JobRecord
+from dask_batchapi.store.checks import check_api, check_state
 
 logger = logging.getLogger(__name__)
 
@@ -134,12 +135,13 @@ class JobStore:
     def get_api(self, name: str) -> dict:
         _check_name(name, "API name", APINotFound)
         try:
-            return self.read_json(self._path("apis", name, "api.json"))
+            data = self.read_json(self._path("apis", name, "api.json"))
         except FileNotFoundError:
             raise APINotFound(
                 f"no API named {name!r} in store {self.url} (deploy it first: "
                 f"dask-batchapi deploy PROJECT_DIR)"
             ) from None
+        return check_api(data, f"apis/{name}/api.json in store {self.url}")
 
     def get_archive(self, name: str, sha256: str) -> bytes:
         """The API's project archive, verified against its sha256 (a changed one is refused)."""
@@ -163,6 +165,8 @@ class JobStore:
                 records.append(self.get_api(name))
             except APINotFound:
                 continue  # a half-deleted API
+            except StoreError as exc:  # one corrupted API: marked, the others still listed
+                records.append({"name": name, "unreadable": True, "error": str(exc)})
         return records
 
     def delete_api(self, name: str) -> None:
@@ -231,10 +235,12 @@ class JobStore:
         self.write_json(self._job(api, job_id, "state.json"), state)
 
     def read_state(self, api: str, job_id: str) -> dict | None:
+        """The job's state as stored (checked: StoreError naming a corrupted file)."""
         try:
-            return self.read_json(self._job(api, job_id, "state.json"))
+            data = self.read_json(self._job(api, job_id, "state.json"))
         except FileNotFoundError:
             return None
+        return check_state(data, f"{api}/{job_id}/state.json in store {self.url}")
 
     def write_pulse(self, api: str, job_id: str, pulse: dict) -> None:
         """The driver process's heartbeat, beaten by a thread of its own (see runner.Pulse)."""

@@ -39,6 +39,7 @@ from dask_batchapi.spec.project import read_env_file
 from dask_batchapi.spec.unpack import unpack_limits, unpack_project
 from dask_batchapi.worker.capture import capture_output
 from dask_batchapi.worker.outputs import OutputWriter
+from dask_batchapi.worker.processes import JobProcesses
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +121,7 @@ class JobPlugin(WorkerPlugin):
         self._current_lock = threading.Lock()
         self._watchdog: BatchWatchdog | None = None
         self._bound: tuple | None = None
+        self.processes = JobProcesses()  # the children its handler started: ended at teardown
 
     def __getstate__(self) -> dict:
         return {"context": self.context, "archive": self.archive, "name": self.name}
@@ -169,6 +171,7 @@ class JobPlugin(WorkerPlugin):
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = old
+        self.processes.end()
         install_collector().discard(self.context.job_id)
         PARSED.drop(self.context.job_id)
         if self.dir is not None:
@@ -249,7 +252,7 @@ class JobPlugin(WorkerPlugin):
             old = os.getcwd()
             os.chdir(self.dir)
             try:
-                with capture_output():
+                with capture_output(), self.processes.watching():
                     yield
             finally:
                 os.chdir(old)
