@@ -94,17 +94,23 @@ def create_job(store: JobStore, api: dict, submission: Submission, cluster: Any)
         archive_sha256=api["archive_sha256"],
         file_count=None if files is None else len(files),
     )
-    if files is not None:
-        store.put_listing(record.api_name, record.job_id, files)
-    _write_new_job(store, record)
+    _write_new_job(store, record, files)
     return record
 
 
-def _write_new_job(store: JobStore, record: JobRecord) -> None:
-    store.create_job(record)
-    state = JobState(total_batch_count=record.known_batch_count)
-    store.write_state(record.api_name, record.job_id, state.to_dict())
-    lease.acquire(store, record.api_name, record.job_id, 0, by="submit")
+def _write_new_job(store: JobStore, record: JobRecord, files: list[str] | None = None) -> None:
+    """Write everything of a new job, or (a full store, say) nothing: a failed submit leaves
+    no item segments behind to fill the store further."""
+    try:
+        if files is not None:
+            store.put_listing(record.api_name, record.job_id, files)
+        store.create_job(record)
+        state = JobState(total_batch_count=record.known_batch_count)
+        store.write_state(record.api_name, record.job_id, state.to_dict())
+        lease.acquire(store, record.api_name, record.job_id, 0, by="submit")
+    except BaseException:
+        store.discard_job(record.api_name, record.job_id)
+        raise
 
 
 def with_workers(submission: Submission, workers: int | None) -> Submission:

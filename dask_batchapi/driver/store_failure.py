@@ -38,5 +38,13 @@ def end_with_error(
     state.end_time = state.end_time or utcnow_iso()
     try:
         store.write_state(api_name, job_id, state.to_dict())
+        return
+    except BatchAPIError as again:
+        logger.error("job %s: its end could not be written: %s", job_id, again)
+    if reason != "store":
+        return
+    store.drop_pulse(api_name, job_id)  # of no use now; on a full disk, room for the state
+    try:
+        store.write_state(api_name, job_id, state.to_dict())
     except BatchAPIError as again:
         logger.error("job %s: its end could not be written either: %s", job_id, again)

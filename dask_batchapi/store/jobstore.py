@@ -126,11 +126,34 @@ class JobStore:
 
     # -- APIs ---------------------------------------------------------------------------------
     def put_api(self, record: dict, archive: bytes) -> None:
+        """Store an API's archive, then its record; a failed deploy leaves no new archive."""
         name, sha = record["name"], record["archive_sha256"]
         archive_path = self._path("apis", name, "archives", f"{sha}.zip")
-        if not self.exists(archive_path):
+        new_archive = not self.exists(archive_path)
+        if new_archive:
             self.write_bytes(archive_path, archive)
-        self.write_json(self._path("apis", name, "api.json"), record)
+        try:
+            self.write_json(self._path("apis", name, "api.json"), record)
+        except StoreError:
+            if new_archive:
+                self.discard(archive_path)
+            raise
+
+    def discard(self, path: str) -> None:
+        """Remove ``path`` (recursively) if possible: cleaning up after a failed write."""
+        try:
+            self._remove(path)
+        except StoreError as exc:
+            logger.warning("%s", exc)
+
+    def discard_job(self, api: str, job_id: str) -> None:
+        """Remove what a failed submit wrote of a job (items, listing, record, state)."""
+        self.discard(self._job(api, job_id))
+
+    def drop_pulse(self, api: str, job_id: str) -> None:
+        """Remove the driver's heartbeat object (an ended driver's, to make room on a full
+        store for its final state)."""
+        self.discard(self._job(api, job_id, "pulse.json"))
 
     def get_api(self, name: str) -> dict:
         _check_name(name, "API name", APINotFound)
