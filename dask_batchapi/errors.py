@@ -19,6 +19,7 @@ offending value: ``item_list.batch_size must be an integer >= 1, got 0``.
     │   └── LeaseLost        another driver holds the job now: this one must not write
     ├── UnsafeDirectory      a private directory (sockets, logs) belongs to another user
     ├── LimitError           input over a safety limit (YAML aliases, nesting, unpacked size)
+    ├── OutputError          a handler's return value cannot be written as JSON (fails a batch)
     └── ClusterError         no cluster could be reached or built
 """
 
@@ -75,6 +76,10 @@ class UnsafeDirectory(BatchAPIError):
 
 class LimitError(BatchAPIError):
     """Input over a safety limit: YAML aliases, nesting depth, unpacked size, file count."""
+
+
+class OutputError(BatchAPIError):
+    """A handler's return value cannot be written as JSON; its batch fails."""
 
 
 class ClusterError(BatchAPIError):

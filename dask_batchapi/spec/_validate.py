@@ -18,6 +18,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from dask_batchapi.errors import SpecError
+from dask_batchapi.spec.limits import json_problem
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,9 @@ def str_list(value: Any, where: str, *, non_empty: bool = False) -> tuple[str, .
 
 def json_mapping(value: Any, where: str) -> dict:
     value = mapping(value, where, optional=True)
+    problem = json_problem(value, where)
+    if problem:
+        raise Invalid(f"{problem}; {where} must hold only JSON values")
     try:
         ok = json.loads(json.dumps(value)) == value
     except (TypeError, ValueError):

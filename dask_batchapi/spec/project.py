@@ -120,7 +120,11 @@ class _Walker:
     def _target(self, entry: os.DirEntry, rel: str) -> Path | None:
         if not entry.is_symlink():
             return Path(entry.path)
-        target = Path(entry.path).resolve()
+        try:
+            target = Path(entry.path).resolve(strict=True)
+        except (RuntimeError, OSError) as error:  # a loop of links, or a broken one
+            logger.warning("skipping %s: symbolic link that leads nowhere (%s)", rel, error)
+            return None
         if not target.is_relative_to(self.root):
             logger.warning("skipping %s: symbolic link to %s, outside the project", rel, target)
             return None
@@ -228,7 +232,13 @@ def read_env_file(project_dir: str | Path) -> dict[str, str]:
     path = Path(project_dir) / ".env"
     if not path.is_file():
         return {}
-    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+    try:
+        values = dotenv_values(path, encoding="utf-8")
+    except (UnicodeDecodeError, ValueError) as error:
+        raise SpecError(f"{path} is not a text file of NAME=value lines: {error}") from None
+    if any("\0" in k or "\0" in (v or "") for k, v in values.items()):
+        raise SpecError(f"{path} holds a NUL byte: it is not a text file of NAME=value lines")
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def signature_args(func: Callable, allowed: tuple[str, ...], where: str) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from dask_batchapi.errors import SubmissionError
+from dask_batchapi.errors import LimitError, SubmissionError
 from dask_batchapi.spec._validate import (
     Invalid,
     check_keys,
@@ -30,6 +30,7 @@ from dask_batchapi.spec._validate import (
     str_list,
     string,
 )
+from dask_batchapi.spec.limits import check_depth, json_problem, short_reason
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +123,9 @@ def _parse_source(kind: str, value: Any) -> ItemList | FilePathLister | Delimite
         items = data.get("items")
         if not isinstance(items, list) or not items:
             raise Invalid(f"item_list.items must be a non-empty list, got {show(items)}")
+        problem = json_problem(items, "item_list.items")
+        if problem:  # never turned into something else silently (a set into its repr)
+            raise Invalid(f"{problem}; items must be JSON values")
         return ItemList(items=items, batch_size=batch_size)  # not copied: stored at submit
     return cls(
         s3_paths=str_list(data.get("s3_paths"), f"{kind}.s3_paths", non_empty=True),
@@ -215,6 +219,13 @@ def load_submission(path_or_dash: str, stdin: IO[str] | None = None) -> Submissi
     except json.JSONDecodeError as e:
         msg = f"{name}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
         raise SubmissionError(msg) from None
+    except ValueError as e:  # an integer of more than 4300 digits
+        raise SubmissionError(
+            one_line(f"{name}: a number over the limit: {short_reason(e)}")
+        ) from None
+    except RecursionError:
+        raise LimitError(f"{name}: nested too deep; refused") from None
+    check_depth(data, name)
     return parse_submission(data)
 
 

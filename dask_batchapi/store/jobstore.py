@@ -18,6 +18,7 @@ is written as new numbered segments, so a checkpoint costs O(changes), never O(j
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -28,7 +29,7 @@ from typing import Any
 import fsspec
 
 from dask_batchapi import config
-from dask_batchapi.errors import APINotFound, JobNotFound, StoreError
+from dask_batchapi.errors import APINotFound, BatchAPIError, JobNotFound, StoreError
 from dask_batchapi.fsutil import atomic_write
 from dask_batchapi.spec.record import JobRecord
 from dask_batchapi.store.checks import check_api, check_state
@@ -66,24 +67,29 @@ class JobStore:
         return f"JobStore({self.url!r})"
 
     # -- primitives ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _io(self, action: str, path: str) -> Iterator[None]:
+        """Any failure of the filesystem as one StoreError line (FileNotFoundError passes)."""
+        try:
+            yield
+        except (FileNotFoundError, BatchAPIError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - fsspec backends raise their own (botocore's)
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise StoreError(f"cannot {action} {path} in store {self.url}: {reason}") from None
+
     def _path(self, *parts: str) -> str:
         return "/".join((self.root, *parts))
 
     def write_bytes(self, path: str, data: bytes) -> None:
         """Write ``data`` at ``path`` atomically (readers see the old or the new object)."""
-        try:
+        with self._io("write", path):
             atomic_write(self.fs, path, data)
-        except OSError as exc:
-            raise StoreError(f"cannot write {path} in store {self.url}: {exc}") from None
 
     def read_bytes(self, path: str) -> bytes:
         """The object at ``path``; FileNotFoundError if absent, StoreError if unreadable."""
-        try:
+        with self._io("read", path):
             return self.fs.cat_file(path)
-        except FileNotFoundError:
-            raise
-        except OSError as exc:
-            raise StoreError(f"cannot read {path} in store {self.url}: {exc}") from None
 
     def write_json(self, path: str, obj: Any) -> None:
         self.write_bytes(path, json.dumps(obj, default=str).encode())
@@ -96,29 +102,24 @@ class JobStore:
             raise StoreError(f"store object {path} is not valid JSON: {exc}") from None
 
     def exists(self, path: str) -> bool:
-        try:
+        with self._io("read", path):
             self.fs.invalidate_cache(path)  # another machine may have written it
             return self.fs.exists(path)
-        except OSError as exc:
-            raise StoreError(f"cannot read store {self.url}: {exc}") from None
 
     def _names(self, path: str) -> list[str]:
         """Sorted base names below ``path`` (empty if it does not exist)."""
         try:
-            entries = self.fs.ls(path, detail=False, refresh=True)
+            with self._io("list", path):
+                entries = self.fs.ls(path, detail=False, refresh=True)
         except FileNotFoundError:
             return []
-        except OSError as exc:
-            raise StoreError(f"cannot list {path} in store {self.url}: {exc}") from None
         names = (e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
         return sorted(n for n in names if ".tmp-" not in n)
 
     def _remove(self, path: str) -> None:
-        try:
+        with self._io("delete", path):
             if self.fs.exists(path):
                 self.fs.rm(path, recursive=True)
-        except OSError as exc:
-            raise StoreError(f"cannot delete {path} in store {self.url}: {exc}") from None
 
     def check_readable(self) -> None:
         """Raise StoreError unless the store's root can be listed (a missing root is fine)."""
@@ -182,6 +183,7 @@ class JobStore:
         return data
 
     def list_apis(self) -> list[dict]:
+        """Every deployed API's record (a corrupted one marked ``unreadable``)."""
         records = []
         for name in self._names(self._path("apis")):
             try:
@@ -190,7 +192,18 @@ class JobStore:
                 continue  # a half-deleted API
             except StoreError as exc:  # one corrupted API: marked, the others still listed
                 records.append({"name": name, "unreadable": True, "error": str(exc)})
+        if not records:
+            self._check_bucket()
         return records
+
+    def _check_bucket(self) -> None:
+        """On an object store, a missing bucket is an error, not an empty store."""
+        if self.fs.protocol in ("file", "local") or "file" in self.fs.protocol:
+            return
+        bucket = self.root.split("/", 1)[0]
+        with self._io("read", bucket):
+            if not self.fs.exists(bucket):
+                raise StoreError(f"bucket {bucket!r} of store {self.url} does not exist")
 
     def delete_api(self, name: str) -> None:
         self.get_api(name)

@@ -14,7 +14,9 @@ from typing import Any
 
 import fsspec
 
+from dask_batchapi.errors import OutputError
 from dask_batchapi.fsutil import atomic_write
+from dask_batchapi.spec.limits import json_problem
 
 logger = logging.getLogger(__name__)
 
@@ -28,9 +30,16 @@ def part_url(output: str, job_id: str, index: int) -> str:
 
 
 def encode_result(result: Any) -> bytes:
-    """The JSON-lines bytes of a handler's return value."""
+    """The JSON-lines bytes of a handler's return value: strict JSON, never a repr.
+
+    A value JSON cannot hold (a generator, an object, a set, NaN or Infinity) raises
+    :class:`~dask_batchapi.errors.OutputError`, which fails the batch (into the dead letter).
+    """
     values = result if isinstance(result, list) else [result]
-    return "".join(json.dumps(v, default=str) + "\n" for v in values).encode()
+    problem = json_problem(result, "the return value")
+    if problem:
+        raise OutputError(f"handle_batch's output cannot be written as JSON: {problem}")
+    return "".join(json.dumps(v, allow_nan=False) + "\n" for v in values).encode()
 
 
 class OutputWriter:
