@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from dask_batchapi import config
@@ -21,7 +21,7 @@ from dask_batchapi.driver import warm as service
 from dask_batchapi.driver.launch import is_detachable
 from dask_batchapi.driver.ledger import read_dead_letter
 from dask_batchapi.driver.liveness import driver_alive, lease_busy, read_state
-from dask_batchapi.errors import JobStateError, SubmissionError
+from dask_batchapi.errors import JobStateError, SpecError, SubmissionError
 from dask_batchapi.fsutil import private_runtime_dir
 from dask_batchapi.spec.api_spec import Submission, load_api_specs
 from dask_batchapi.spec.project import check_handler, pack_project
@@ -42,6 +42,7 @@ def deploy(store: JobStore, project_dir: str | os.PathLike) -> list[dict]:
     for spec in specs:
         signature = check_handler(project, spec.handler)
         archive = pack_project(project, spec.spec_file, config.get("project-max-bytes"))
+        _check_handler_packed(spec.handler.path, archive.files, spec.name)
         record = {
             "name": spec.name,
             "spec": spec.to_dict(),
@@ -54,6 +55,16 @@ def deploy(store: JobStore, project_dir: str | os.PathLike) -> list[dict]:
         store.put_api(record, archive.data)
         records.append(record)
     return records
+
+
+def _check_handler_packed(handler_path: str, files: Sequence[str], api_name: str) -> None:
+    """The handler file must travel to the workers: an ignore file may not leave it out."""
+    rel = PurePosixPath(handler_path.replace("\\", "/")).as_posix().removeprefix("./")
+    if rel not in files:
+        raise SpecError(
+            f"API {api_name!r}: its handler {handler_path} is left out of the project archive"
+            " (by .cortexignore / .batchapiignore); the workers could not import it"
+        )
 
 
 # -- submit ---------------------------------------------------------------------------------
@@ -176,7 +187,11 @@ def _start_timeout(record: JobRecord) -> float:
 
 
 def stop_job(store: JobStore, api_name: str, job_id: str) -> None:
+    """Ask the job's driver to stop it; JobStateError if the job has already ended."""
     store.get_job(api_name, job_id)
+    state = read_state(store, api_name, job_id)
+    if state.job_status.is_terminal:
+        raise JobStateError(f"job {job_id} had already ended ({state.status}); nothing to stop")
     store.request_stop(api_name, job_id)
 
 

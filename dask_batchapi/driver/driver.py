@@ -32,6 +32,7 @@ from distributed import Client, Future
 
 from dask_batchapi import config
 from dask_batchapi.cluster.backends import eligible_workers, missing_resources
+from dask_batchapi.driver.init_deaths import InitDeaths
 from dask_batchapi.driver.ledger import Checkpointer
 from dask_batchapi.driver.log import DriverLog
 from dask_batchapi.driver.losses import (
@@ -49,6 +50,7 @@ from dask_batchapi.spec.record import JobRecord
 from dask_batchapi.status import JobState, JobStatus, parse_iso, utcnow_iso
 from dask_batchapi.store.jobstore import JobStore
 from dask_batchapi.worker.plugin import (
+    INIT_EVENT,
     TIMEOUT_EVENT,
     JobContext,
     JobPlugin,
@@ -137,6 +139,10 @@ class JobDriver:
         self._removals: queue.SimpleQueue = queue.SimpleQueue()
         self._counted_losses: set[str] = set()
         self._restrictions: dict[str, set[str]] = {}
+        self._init_deaths = InitDeaths(
+            int(config.get("max-worker-losses")),
+            lambda: bool(self._events(INIT_EVENT, 0, "job_id", self.job_id)),
+        )
 
     # -- entry point --------------------------------------------------------------------------
     def run(self) -> JobStatus:
@@ -404,6 +410,10 @@ class JobDriver:
             self.log.warning(f"a worker ran out of memory; {len(chunk)} batch(es) rerun")
             self.book.out_of_memory(chunk, ("WorkerOutOfMemory", err[1], ""))
             return
+        init_error = self._init_deaths.lost()
+        if init_error is not None:
+            self.log.error(init_error["message"])
+            raise JobEnded(JobStatus.WORKER_ERROR, init_error)
         counted = future.key in self._counted_losses
         self._counted_losses.discard(future.key)
         self.log.warning(f"{len(chunk)} batch(es) lost with their worker: {err[0]}: {err[1]}")

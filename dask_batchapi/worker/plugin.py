@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 _HANDLER_LOCK = threading.RLock()  # see the module docstring
 TIMEOUT_EVENT = "batchapi-batch-timeout"  # worker event: a stuck batch's worker is restarted
+INIT_EVENT = "batchapi-handler-built"  # worker event: building the Handler ended (see init_deaths)
 
 
 class BatchTimeout(Exception):
@@ -135,6 +136,7 @@ class JobPlugin(WorkerPlugin):
         root = Path(worker.local_directory) / "batchapi"
         self.dir = unpack_project(self.archive, root / self.context.job_id, *unpack_limits())
         self.worker_address = worker.address
+        self._worker = worker
         install_collector()
         if self.context.batch_timeout:
             self._watchdog = BatchWatchdog(self, worker)
@@ -185,7 +187,14 @@ class JobPlugin(WorkerPlugin):
                     self.handler = self._build_handler()
                 except BaseException as exc:  # noqa: BLE001 - any init failure is the job's error
                     self.init_error = error_info(exc)
+                self._announce(INIT_EVENT, {"job_id": self.context.job_id})
         return self.handler
+
+    def _announce(self, topic: str, event: dict) -> None:
+        """A worker event, sent from the worker's event loop (handler code runs on threads)."""
+        worker = getattr(self, "_worker", None)
+        if worker is not None:
+            worker.loop.add_callback(worker.log_event, topic, event)
 
     def _build_handler(self) -> Any:
         ctx, sig = self.context, self.context.signature
