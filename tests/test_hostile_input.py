@@ -87,7 +87,7 @@ def test_hostile_submissions_are_one_line(project, tmp_path, kind):
     assert run_cli("deploy", str(project)).returncode == 0
     item, expected = SUBMISSIONS[kind]
     path = tmp_path / "s.json"
-    path.write_text('{"item_list": {"batch_size": 1, "items": [1, %s]}}' % item)
+    path.write_text('{"item_list": {"batch_size": 1, "items": [1, ' + item + "]}}")
     assert expected in one_line_error(run_cli("submit", "probe", str(path)))
     assert not (tmp_path / "store" / "jobs").exists()  # nothing written
 
