@@ -95,11 +95,8 @@ def str_list(value: Any, where: str, *, non_empty: bool = False) -> tuple[str, .
 
 def json_mapping(value: Any, where: str) -> dict:
     value = mapping(value, where, optional=True)
-    problem = json_problem(value, where)
-    if problem:
-        raise Invalid(f"{problem}; {where} must hold only JSON values")
-    try:
-        ok = json.loads(json.dumps(value)) == value
+    try:  # (json_problem: no recursion, so deep nesting is a clear error too)
+        ok = json_problem(value, where) is None and json.loads(json.dumps(value)) == value
     except (TypeError, ValueError):
         ok = False
     if not ok:

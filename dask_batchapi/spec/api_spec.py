@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from dask_batchapi.errors import HandlerError, LimitError, SpecError
+from dask_batchapi.errors import HandlerError, SpecError
 from dask_batchapi.spec._validate import (
     Invalid,
     check_keys,
@@ -34,7 +34,7 @@ from dask_batchapi.spec._validate import (
     str_list,
     string,
 )
-from dask_batchapi.spec.limits import check_yaml_node, short_reason
+from dask_batchapi.spec.limits import load_limited
 from dask_batchapi.spec.submission import (
     DelimitedFiles,
     FilePathLister,
@@ -279,15 +279,7 @@ class _DuplicateKey(yaml.YAMLError):
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that rejects a repeated key (PyYAML silently keeps the last one),
-    and a document over the limits of :mod:`~dask_batchapi.spec.limits` (alias bombs)."""
-
-    source = "batchapi.yaml"
-
-    def compose_document(self) -> yaml.Node | None:
-        node = super().compose_document()
-        check_yaml_node(node, self.source)
-        return node
+    """``yaml.SafeLoader`` that rejects a repeated key (PyYAML silently keeps the last one)."""
 
     def compose_mapping_node(self, anchor: Any) -> yaml.MappingNode:
         # Checked when composed, not constructed: by construction time PyYAML's merge-key
@@ -305,13 +297,8 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 def _load_yaml(text: str, source: str) -> Any:
-    loader = type("_Loader", (_StrictLoader,), {"source": source})
-    try:
-        return yaml.load(text, Loader=loader)  # safe: _StrictLoader is a SafeLoader
-    except RecursionError:
-        raise LimitError(f"{source}: nested too deep; refused") from None
-    except ValueError as error:  # e.g. an integer of more than 4300 digits
-        raise SpecError(one_line(f"{source}: invalid value: {short_reason(error)}")) from None
+    try:  # safe: _StrictLoader is a SafeLoader; within the limits of spec.limits
+        return load_limited(text, source, _StrictLoader)
     except _DuplicateKey as error:
         raise SpecError(f"{source}: {error}") from None
     except yaml.MarkedYAMLError as error:

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from dask_batchapi.errors import LimitError
+from dask_batchapi.errors import LimitError, SpecError
 
 MAX_DEPTH = 100  # nesting levels of a YAML document or a JSON value
 MAX_NODES = 1_000_000  # nodes of a YAML document once its aliases are expanded
@@ -49,6 +49,22 @@ def check_yaml_node(root: yaml.Node | None, source: str) -> None:
         open_nodes.add(id(node))
         stack.append((node, depth, True))
         stack.extend((c, depth + 1, False) for c in children if id(c) not in sizes)
+
+
+def load_limited(text: str, source: str, loader: type[yaml.SafeLoader]) -> Any:
+    """``yaml.load`` with ``loader``, refusing documents over the limits before they are built
+    (LimitError), and values Python cannot build (SpecError) in one line."""
+    instance = loader(text)
+    try:
+        node = instance.get_single_node()
+        check_yaml_node(node, source)
+        return None if node is None else instance.construct_document(node)
+    except RecursionError:
+        raise LimitError(f"{source}: nested too deep; refused") from None
+    except ValueError as error:  # e.g. an integer of more than 4300 digits
+        raise SpecError(f"{source}: invalid value: {short_reason(error)}") from None
+    finally:
+        instance.dispose()
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:

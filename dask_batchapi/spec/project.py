@@ -121,9 +121,9 @@ class _Walker:
         if not entry.is_symlink():
             return Path(entry.path)
         try:
-            target = Path(entry.path).resolve(strict=True)
-        except (RuntimeError, OSError) as error:  # a loop of links, or a broken one
-            logger.warning("skipping %s: symbolic link that leads nowhere (%s)", rel, error)
+            target = Path(entry.path).resolve()
+        except RuntimeError:  # a loop of links
+            logger.warning("skipping %s: a symbolic link loop", rel)
             return None
         if not target.is_relative_to(self.root):
             logger.warning("skipping %s: symbolic link to %s, outside the project", rel, target)
