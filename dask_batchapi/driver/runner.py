@@ -27,7 +27,7 @@ from dask_batchapi.driver.driver import JobDriver
 from dask_batchapi.driver.enqueue import batch_refs
 from dask_batchapi.driver.ledger import load_final
 from dask_batchapi.driver.liveness import driver_alive
-from dask_batchapi.driver.store_failure import end_with_error
+from dask_batchapi.driver.store_failure import end_unstarted, end_with_error
 from dask_batchapi.errors import LeaseLost, StoreError
 from dask_batchapi.spec.api_spec import APISpec, Submission, api_spec_from_dict, deep_merge
 from dask_batchapi.spec.record import JobRecord
@@ -83,6 +83,9 @@ def run_job(store: JobStore, api_name: str, job_id: str, cluster: Any) -> JobSta
         return _run_job(fenced, api_name, job_id, cluster)
     except LeaseLost as exc:
         logger.warning("%s", exc)
+        return JobStatus.UNEXPECTED_ERROR
+    except StoreError as exc:  # before the job started: its files unreadable, or a full store
+        end_unstarted(fenced, api_name, job_id, exc)
         return JobStatus.UNEXPECTED_ERROR
     finally:
         pulse.stop()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from dask_batchapi.errors import BatchAPIError
+from dask_batchapi.errors import BatchAPIError, StoreError
 from dask_batchapi.status import JobState, JobStatus, utcnow_iso
 from dask_batchapi.store.jobstore import JobStore
 
@@ -48,3 +48,15 @@ def end_with_error(
         store.write_state(api_name, job_id, state.to_dict())
     except BatchAPIError as again:
         logger.error("job %s: its end could not be written either: %s", job_id, again)
+
+
+def end_unstarted(store: JobStore, api_name: str, job_id: str, exc: Exception) -> None:
+    """The driver failed before its job had a state of its own in memory (the record or the
+    state cannot be read, the first write failed): end the job from what the store holds."""
+    logger.error("job %s could not start: %s", job_id, exc)
+    try:
+        state = JobState.from_dict(store.read_state(api_name, job_id))
+    except BatchAPIError:
+        state = JobState()  # the state itself is what is broken: a new one says why
+    reason = "store" if isinstance(exc, StoreError) else "driver"
+    end_with_error(store, api_name, job_id, state, exc, reason)
