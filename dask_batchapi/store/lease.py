@@ -104,7 +104,14 @@ def adopt(store: JobStore, api: str, job_id: str) -> FencedStore:
     """Become the driver of the job's latest lease (a job from before leases gets its first);
     LeaseLost if another driver holds it or it has ended. Returns the fenced store to write
     with."""
-    token = latest(store, api, job_id) or acquire(store, api, job_id, 0, by="driver")
+    token = latest(store, api, job_id)
+    if token == 0:  # a job from before leases
+        try:
+            token = acquire(store, api, job_id, 0, by="driver")
+        except JobStateError:
+            raise LeaseLost(
+                f"job {job_id} is already driven (lease 1); this driver leaves"
+            ) from None
     path = _lease_path(store, api, job_id, f"{token:08d}.driver")
     info = read(store, api, job_id, token)
     if info.released or not _create(store, path, _holder()):
