@@ -58,6 +58,11 @@ def _leftovers(store: Path) -> list[str]:
 def test_a_full_store(tmp_path, small_disk, monkeypatch):
     store = small_disk / "store"
     monkeypatch.setenv("DASK_BATCHAPI_STORE", str(store))
+    # a deploy larger than the disk: one line, and no archive left behind
+    big = write_project(tmp_path / "big", FILLING_HANDLER, name="big")
+    (big / "weights.bin").write_bytes(os.urandom(25 << 20))
+    assert "No space left" in one_line_error(run_cli("deploy", str(big)))
+    assert not list(store.rglob("*.zip")) and not _leftovers(store)
     project = write_project(tmp_path / "proj", FILLING_HANDLER, name="filling")
     assert run_cli("deploy", str(project)).returncode == 0
 
@@ -66,6 +71,7 @@ def test_a_full_store(tmp_path, small_disk, monkeypatch):
     line = one_line_error(run_cli("submit", "filling", str(write_json(tmp_path / "big.json", big))))
     assert "No space left" in line, line
     assert not list((store / "jobs").glob("filling/*")) and not _leftovers(store)
+    assert not (store / "apis" / "big" / "api.json").exists()
 
     # a job whose store fills up while it runs ends unexpected_error, saying why
     config = {"fill": str(small_disk / "filler"), "once": str(tmp_path / "once")}
