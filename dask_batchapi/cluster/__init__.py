@@ -17,14 +17,8 @@ from dask_batchapi.cluster.backends import (
 )
 from dask_batchapi.cluster.kubernetes import KubernetesBackend
 
-__all__ = [
-    "AddressBackend",
-    "ClientBackend",
-    "ClusterBackend",
-    "KubernetesBackend",
-    "LocalBackend",
-    "backend_for",
-]
+__all__ = ["AddressBackend", "ClientBackend", "ClusterBackend", "KubernetesBackend",
+           "LocalBackend", "backend_for"]
 
 
 def backend_for(

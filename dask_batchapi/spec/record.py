@@ -149,16 +149,12 @@ class JobRecord:
         return record
 
     @classmethod
-    def from_dict(
-        cls, data: Any, items: Sequence | None = None, where: str = "job.json"
-    ) -> JobRecord:
+    def from_dict(cls, data: Any, items: Sequence | None = None, where: str = "job.json") -> JobRecord:
         """Load a persisted record. ``items``: an item_list's items when they are stored
         apart (:class:`~dask_batchapi.store.jobstore.StoredItems`); without them a record of
         an item_list holds placeholders of the right count."""
         if not isinstance(data, dict):
-            raise StoreError(
-                f"{where}: a job record must be a JSON object, got {type(data).__name__}"
-            )
+            raise StoreError(f"{where}: a job record must be a JSON object, got {type(data).__name__}")
         try:
             submission = _stored_submission(data["submission"], items)
             known = {f.name for f in dataclasses.fields(cls)}
@@ -184,18 +180,8 @@ class JobRecord:
 
 # keys to_dict derives from the submission and the fields above (not kept in ``extra``)
 _DERIVED = {
-    "kind",
-    "workers",
-    "config",
-    "timeout",
-    "dead_letter",
-    "sqs_dead_letter_queue",
-    "output",
-    "batch_timeout",
-    "source",
-    "item_list",
-    "file_path_lister",
-    "delimited_files",
+    "kind", "workers", "config", "timeout", "dead_letter", "sqs_dead_letter_queue", "output",
+    "batch_timeout", "source", "item_list", "file_path_lister", "delimited_files",
 }
 
 
