@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import logging
@@ -72,7 +73,8 @@ class BatchClient:
             and not j.get("interrupted")
         ]
         for job in running:
-            jobs.stop_job(self.store, api_name, job["job_id"])
+            with contextlib.suppress(JobStateError):  # it ended since it was listed
+                jobs.stop_job(self.store, api_name, job["job_id"])
         deadline = time.time() + stop_timeout
         for job in running:
             while time.time() < deadline and not self._ended(api_name, job["job_id"]):
