@@ -135,3 +135,15 @@ def test_a_released_lease_lets_resume_past_a_live_warm_runner(tmp_path, store_di
     fenced.release()
     assert lease_busy(store, "api", JOB, 1, grace=30) is False
     Path(store._job("api", JOB, "job.json")).unlink()
+
+
+def test_a_lease_nobody_adopted_frees_the_job_after_its_grace(tmp_path):
+    """A resume whose driver never started (its runner could not launch) blocks others only
+    for the start grace, never for good."""
+    from dask_batchapi.driver.liveness import lease_busy
+
+    store = _job_store(str(tmp_path / "store"))
+    lease.acquire(store, "api", JOB, 0, by="resume")
+    assert lease_busy(store, "api", JOB, 1, grace=30) is True
+    assert lease_busy(store, "api", JOB, 1, grace=0) is False
+    assert lease_busy(store, "api", JOB, 0, grace=30) is False  # a job from before leases
