@@ -14,7 +14,9 @@ A row is checked against what the fault should produce:
 Faults: (a) SIGKILL a worker three times in one job; (b) SIGKILL the driver's host process, then
 ``dask-batchapi resume --wait``; (c) scheduler and two workers in separate network namespaces,
 one worker's link cut mid-job; (d) a handler failing on chosen items; (e) a handler exhausting
-its memory limit; (f) ``Handler.__init__`` raising; (g) the job's timeout; (h) ``stop``.
+its memory limit; (f) ``Handler.__init__`` raising; (g) the job's timeout; (h) ``stop``;
+(i) the store's disk full mid-job (a 20 MB tmpfs; needs root), then ``resume``; (j) two
+concurrent ``resume_job`` calls with a warm runner up; (k) one job's ``state.json`` truncated.
 
 The table goes to stdout and to ``benchmarks/reliability-results.md`` (the load section that
 ``benchmarks/load.py`` appends there is kept). Exit status 1 if any check failed.
@@ -793,6 +795,140 @@ def fault_stop(lab: Lab) -> Row:
     return row
 
 
+# -- (i) the store's disk fills up mid-job --------------------------------------------------------
+def fault_full_store(lab: Lab) -> Row:
+    total = 150
+    row = Row(
+        "(i) the store's disk (a 20 MB tmpfs) fills up mid-job, then room again and `resume`",
+        f"{total} batches x 1 item, 2 workers, 50 ms each",
+    )
+    mount = lab.root / "small-disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)]).returncode:
+        row.warnings.append("skipped: mounting a tmpfs needs root")
+        return row
+    store_env = os.environ["DASK_BATCHAPI_STORE"]
+    try:
+        os.environ["DASK_BATCHAPI_STORE"] = str(mount / "store")
+        client = batchapi.client(store=str(mount / "store"))
+        api = client.deploy(lab.root / "projects" / "rel-marking")
+        marks, out = lab.fresh("i")
+        items = list(range(total))
+        job, t0 = submit(api, lab_submission(items, marks, out, sleep=0.05))
+        wait_for(lambda: len(marks_of(marks)) >= 20, 60, "20 batches to run")
+        filler = mount / "filler"
+        with contextlib.suppress(OSError), open(filler, "wb") as f:
+            while True:
+                f.write(b"\0" * (1 << 20))
+                f.flush()
+        t_full = time.time()
+        doc, t_end = wait_terminal(job, 60)
+        error = doc.get("error") or {}
+        ended = f"{doc['status']} {t_end - t_full:.1f} s after the disk filled"
+        row.check(doc["status"] == "unexpected_error", f"status {doc['status']} when full")
+        row.check("No space left" in str(error.get("message")), "the cause is not in the status")
+        filler.unlink()
+        t_resume = time.time()
+        result = lab.cli("resume", api.name, job.job_id, "--wait", timeout=120)
+        row.check(result.returncode == 0, f"resume exited {result.returncode}: {result.stderr}")
+        doc, t_end = wait_terminal(job, 90)
+        row.wall = f"{t_end - t0:.1f} s (resume -> final {t_end - t_resume:.1f} s)"
+        lab_store = lab.client
+        lab.client = client  # the ledger of this job is in the small store
+        try:
+            account(row, lab, job, doc, marks, out, total, items, 1)
+        finally:
+            lab.client = lab_store
+        row.detail = f"ended {ended}: {str(error.get('message'))[:100]}; resumed at once"
+        row.check(doc["status"] == "succeeded", f"status {doc['status']} after resume")
+    finally:
+        os.environ["DASK_BATCHAPI_STORE"] = store_env
+        wait_for_runners(mount)
+        subprocess.run(["umount", "-l", str(mount)])
+    return row
+
+
+# -- (j) two concurrent resumes ----------------------------------------------------------------------
+RESUME = """
+import sys, time
+import dask_batchapi as batchapi
+from dask_batchapi.errors import BatchAPIError
+time.sleep(max(0.0, float(sys.argv[1]) - time.time()))
+try:
+    batchapi.BatchClient().resume_job(sys.argv[2], sys.argv[3])
+    print("resumed")
+except BatchAPIError as exc:
+    print("refused:", exc)
+"""
+
+
+def fault_concurrent_resume(lab: Lab) -> Row:
+    total = 100
+    row = Row(
+        "(j) two processes call `BatchClient().resume_job` at the same moment (warm runner up)",
+        f"{total} batches x 1 item, 2 workers, 50 ms each",
+    )
+    marks, out = lab.fresh("j")
+    items = list(range(total))
+    api = lab.apis["marking"]
+    job, t0 = submit(api, lab_submission(items, marks, out, sleep=0.05))
+    wait_for(lambda: len(marks_of(marks)) >= 20, 60, "20 batches to run")
+    lab.cli("stop", api.name, job.job_id)
+    wait_terminal(job, 30)
+    time.sleep(1.0)  # batches running at the stop finish on their workers
+    t_resume = time.time()
+    start = str(t_resume + 2.0)
+    procs = [
+        subprocess.Popen(
+            [PYTHON, "-c", RESUME, start, api.name, job.job_id], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    answers = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+    doc, t_end = wait_terminal(job, 90)
+    row.wall = f"{t_end - t0:.1f} s"
+    calls = account(row, lab, job, doc, marks, out, total, items, 1)
+    after = Counter(c["batch_id"] for c in calls if c["time"] > t_resume)
+    twice = [b for b, n in after.items() if n > 1]
+    row.detail = f"answers: {answers[0][:90]!r} / {answers[1]!r}; run {doc['run']}; " + (
+        f"batches run twice after the resumes: {len(twice)}"
+    )
+    resumed = [a for a in answers if a == "resumed"]
+    row.check(len(resumed) == 1, f"{len(resumed)} resumes succeeded")
+    row.check(not twice, f"{len(twice)} batches ran twice: two drivers")
+    row.check(doc["status"] == "succeeded" and doc["run"] == 2, f"status {doc['status']}")
+    return row
+
+
+# -- (k) a corrupted state file --------------------------------------------------------------------
+def fault_corrupt_state(lab: Lab) -> Row:
+    total = 10
+    row = Row("(k) one job's state.json truncated", f"2 jobs of {total} batches x 1 item")
+    marks, out = lab.fresh("k")
+    items = list(range(total))
+    api = lab.apis["marking"]
+    good, t0 = submit(api, lab_submission(items, marks, out))
+    bad, _ = submit(api, lab_submission(items, marks, out))
+    wait_terminal(good, 60)
+    doc, t_end = wait_terminal(bad, 60)
+    row.wall = f"{t_end - t0:.1f} s"
+    state = lab.store / "jobs" / api.name / bad.job_id / "state.json"
+    state.write_text(state.read_text()[:25])
+    listing = lab.cli("get", api.name, "-o", "json")
+    rows = {j["job_id"]: j for j in json.loads(listing.stdout or "[]")}
+    one = lab.cli("get", api.name, bad.job_id)
+    apis = lab.cli("get")
+    row.status = rows.get(good.job_id, {}).get("status", "-")
+    line = one.stderr.strip()
+    row.detail = f"`get {api.name}`: the other job {row.status}, this one marked "
+    row.detail += f"{rows.get(bad.job_id, {}).get('status')!r}; `get` of it: {line[:120]!r}"
+    row.check(listing.returncode == 0 and apis.returncode == 0, "the listing broke")
+    row.check(rows.get(bad.job_id, {}).get("unreadable") is True, "the broken job is not marked")
+    row.check(one.returncode != 0 and "Traceback" not in one.stderr, "traceback or exit 0")
+    row.check(len(line.splitlines()) == 1 and "state.json" in line, "not one line naming the file")
+    return row
+
+
 FAULTS: dict[str, Callable[[Lab], Row]] = {
     "a": fault_worker_kills,
     "b": fault_driver_kill,
@@ -802,6 +938,9 @@ FAULTS: dict[str, Callable[[Lab], Row]] = {
     "f": fault_init_error,
     "g": fault_timeout,
     "h": fault_stop,
+    "i": fault_full_store,
+    "j": fault_concurrent_resume,
+    "k": fault_corrupt_state,
 }
 
 

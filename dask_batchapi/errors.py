@@ -19,7 +19,11 @@ offending value: ``item_list.batch_size must be an integer >= 1, got 0``.
     │   ├── JobNotFound      no job of that id
     │   └── EnvironmentNotFound  no ``batchapi.environments.<name>`` (``client("aws")``)
     ├── JobStateError        the job is in the wrong state for the request (resume a live job)
-    │   └── APIRedeployed    resume of a job whose API was redeployed since (without --force)
+    │   ├── APIRedeployed    resume of a job whose API was redeployed since (without --force)
+    │   └── LeaseLost        another driver holds the job now: this one must not write
+    ├── UnsafeDirectory      a private directory (sockets, logs) belongs to another user
+    ├── LimitError           input over a safety limit (YAML aliases, nesting, unpacked size)
+    ├── OutputError          a handler's return value cannot be written as JSON (fails a batch)
     ├── ClusterError         no cluster could be reached or built
     └── ServiceError         the job service (dask-batchapi serve) cannot start or refuses a request
         └── RequestTooLarge  a request body over batchapi.service.max-body-bytes
@@ -93,6 +97,20 @@ class JobStateError(BatchAPIError):
 
 class APIRedeployed(JobStateError):
     """The job's API was redeployed since the job ran: resuming it would mix two versions."""
+class LeaseLost(JobStateError):
+    """Another driver holds the job's lease now: this driver must not write to the job."""
+
+
+class UnsafeDirectory(BatchAPIError):
+    """A directory that must be private belongs to another user or is open to others."""
+
+
+class LimitError(BatchAPIError):
+    """Input over a safety limit: YAML aliases, nesting depth, unpacked size, file count."""
+
+
+class OutputError(BatchAPIError):
+    """A handler's return value cannot be written as JSON; its batch fails."""
 
 
 class ClusterError(BatchAPIError):

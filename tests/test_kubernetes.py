@@ -329,7 +329,7 @@ def test_the_driver_job_is_valid_and_runs_the_runner(example_config, monkeypatch
     calls = []
     monkeypatch.setattr(runner, "run_job", lambda *a: calls.append(a) or runner.JobStatus.SUCCEEDED)
     monkeypatch.setattr(runner.signal, "signal", lambda *a: None)
-    assert container["command"][:3] == ["python", "-m", "dask_batchapi.driver.runner"]
+    assert container["command"][:3] == ["python", "-m", "dask_batchapi.driver"]
     assert runner.main(container["command"][3:]) == 0
     store, api_name, job_id, cluster = calls[0]
     assert (store.url, api_name, job_id, cluster) == (

@@ -179,8 +179,18 @@ def get(api_name: str | None, job_id: str | None, store: str | None, fmt: str) -
 def _print_apis(client: BatchClient, fmt: str) -> None:
     rows = []
     for api in client.list_apis():
+        if api.record.get("unreadable"):
+            rows.append(
+                {
+                    "api": api.name,
+                    "running jobs": "?",
+                    "latest job id": "-",
+                    "last update": f"unreadable: {api.record['error']}",
+                }
+            )
+            continue
         jobs = api.jobs()
-        running = sum(1 for j in jobs if not JobStatus(j["status"]).is_terminal)
+        running = sum(1 for j in jobs if _active(j))
         rows.append(
             {
                 "api": api.name,
@@ -220,6 +230,10 @@ def _print_jobs(client: BatchClient, api_name: str, fmt: str) -> None:
             ]
         )
     )
+
+
+def _active(j: dict) -> bool:
+    return not j.get("unreadable") and not JobStatus(j["status"]).is_terminal
 
 
 def _status_text(j: dict) -> str:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import logging
@@ -26,6 +27,7 @@ from dask_batchapi.driver.ledger import read_dead_letter, read_logs
 from dask_batchapi.errors import JobNotFound, JobStateError, StoreError
 from dask_batchapi.spec.api_spec import Submission, parse_submission
 from dask_batchapi.status import JobStatus
+from dask_batchapi.store.checks import unreadable_job
 from dask_batchapi.store.jobstore import JobStore
 
 logger = logging.getLogger(__name__)
@@ -87,10 +89,13 @@ class BatchClient(CortexClientNames):
         running = [
             j
             for j in self.list_jobs(api_name)
-            if not JobStatus(j["status"]).is_terminal and not j.get("interrupted")
+            if not j.get("unreadable")
+            and not JobStatus(j["status"]).is_terminal
+            and not j.get("interrupted")
         ]
         for job in running:
-            jobs.stop_job(self.store, api_name, job["job_id"])
+            with contextlib.suppress(JobStateError):  # it ended since it was listed
+                jobs.stop_job(self.store, api_name, job["job_id"])
         deadline = time.time() + stop_timeout
         for job in running:
             while time.time() < deadline and not self._ended(api_name, job["job_id"]):
@@ -146,10 +151,11 @@ class BatchClient(CortexClientNames):
                 statuses.append(doc["job_status"])
             except JobNotFound:
                 continue  # being submitted right now: its record is not written yet
-            except StoreError as error:
-                if not skip_unreadable:
-                    raise
-                logger.warning("job %s/%s left out: %s", api_name, job_id, error)
+            except StoreError as exc:  # one corrupted job: marked (or left out), others listed
+                if skip_unreadable:
+                    logger.warning("job %s/%s left out: %s", api_name, job_id, exc)
+                else:
+                    statuses.append(unreadable_job(api_name, job_id, exc))
         return statuses
 
     def stop_job(self, api_name: str, job_id: str, keep_cache: bool = False) -> None:
@@ -228,7 +234,7 @@ class BatchAPI(APIMapping):
     def __init__(self, client: BatchClient, record: dict):
         self.client, self.record = client, record
         self.name: str = record["name"]
-        self.spec: dict = record["spec"]
+        self.spec: dict = record.get("spec") or {}
 
     def __repr__(self) -> str:
         return f"<BatchAPI {self.name!r} store={self.client.store.url!r}>"

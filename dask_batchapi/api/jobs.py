@@ -13,15 +13,17 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from dask_batchapi import config
 from dask_batchapi.api.versions import check_resume, spec_sha256
 from dask_batchapi.driver import warm as service
+from dask_batchapi.driver.launch import is_detachable
 from dask_batchapi.driver.ledger import read_dead_letter
-from dask_batchapi.driver.liveness import driver_alive, read_state
-from dask_batchapi.errors import JobStateError, SubmissionError
+from dask_batchapi.driver.liveness import driver_alive, lease_busy, read_state
+from dask_batchapi.errors import JobStateError, SpecError, SubmissionError
+from dask_batchapi.fsutil import private_runtime_dir
 from dask_batchapi.spec.api_spec import (
     Submission,
     api_specs_from_dict,
@@ -32,6 +34,7 @@ from dask_batchapi.spec.project import check_handler, pack_project
 from dask_batchapi.spec.record import JobRecord
 from dask_batchapi.spec.submission import check_new_items
 from dask_batchapi.status import JobState, JobStatus, is_interrupted, status_document, utcnow_iso
+from dask_batchapi.store import lease
 from dask_batchapi.store.jobstore import JobStore
 from dask_batchapi.worker.scope import current as current_scope
 
@@ -56,6 +59,7 @@ def deploy(store: JobStore, project_dir: str | os.PathLike, api_spec: Any = None
         signature = check_handler(project, spec.handler)
         left_out = spec.spec_file if api_spec is None else None  # a given spec: every file ships
         archive = pack_project(project, left_out, config.get("project-max-bytes"))
+        _check_handler_packed(spec.handler.path, archive.files, spec.name)
         record = {
             "name": spec.name,
             "spec": spec.to_dict(),
@@ -68,6 +72,16 @@ def deploy(store: JobStore, project_dir: str | os.PathLike, api_spec: Any = None
         store.put_api(record, archive.data)
         records.append(record)
     return records
+
+
+def _check_handler_packed(handler_path: str, files: Sequence[str], api_name: str) -> None:
+    """The handler file must travel to the workers: an ignore file may not leave it out."""
+    rel = PurePosixPath(handler_path.replace("\\", "/")).as_posix().removeprefix("./")
+    if rel not in files:
+        raise SpecError(
+            f"API {api_name!r}: its handler {handler_path} is left out of the project archive"
+            " (by .cortexignore / .batchapiignore); the workers could not import it"
+        )
 
 
 # -- submit ---------------------------------------------------------------------------------
@@ -114,16 +128,23 @@ def create_job(store: JobStore, api: dict, submission: Submission, cluster: Any)
         file_count=None if files is None else len(files),
         triggered_by=_parent(),
     )
-    if files is not None:
-        store.put_listing(record.api_name, record.job_id, files)
-    _write_new_job(store, record)
+    _write_new_job(store, record, files)
     return record
 
 
-def _write_new_job(store: JobStore, record: JobRecord) -> None:
-    store.create_job(record)
-    state = JobState(total_batch_count=record.known_batch_count)
-    store.write_state(record.api_name, record.job_id, state.to_dict())
+def _write_new_job(store: JobStore, record: JobRecord, files: list[str] | None = None) -> None:
+    """Write everything of a new job, or (a full store, say) nothing: a failed submit leaves
+    no item segments behind to fill the store further."""
+    try:
+        if files is not None:
+            store.put_listing(record.api_name, record.job_id, files)
+        store.create_job(record)
+        state = JobState(total_batch_count=record.known_batch_count)
+        store.write_state(record.api_name, record.job_id, state.to_dict())
+        lease.acquire(store, record.api_name, record.job_id, 0, by="submit")
+    except BaseException:
+        store.discard_job(record.api_name, record.job_id)
+        raise
     scope = current_scope()
     if scope is not None and scope.store == store.url:  # the parent's driver lists it
         scope.note_triggered(record.api_name, record.job_id)
@@ -149,6 +170,10 @@ def check_cluster(target: Any, store_url: str | None = None, urls: Sequence[str]
     ``urls``: the job's inputs and output; on Kubernetes they, and the store, must be shared.
     """
     kind = config.cluster_kind(target)
+    if is_detachable(target) and kind != "kubernetes":  # a runner's log and maybe its socket
+        private_runtime_dir("dask-batchapi-runners")  # refused here if squatted: nothing written
+        if service.serves(target):
+            private_runtime_dir("dask-batchapi")
     if kind == "kubernetes":
         from dask_batchapi.cluster.kubernetes import check_submit
 
@@ -194,20 +219,30 @@ def _start_timeout(record: JobRecord) -> float:
 
 
 def stop_job(store: JobStore, api_name: str, job_id: str) -> None:
+    """Ask the job's driver to stop it; JobStateError if the job has already ended."""
     store.get_job(api_name, job_id)
+    state = read_state(store, api_name, job_id)
+    if state.job_status.is_terminal:
+        raise JobStateError(f"job {job_id} had already ended ({state.status}); nothing to stop")
     store.request_stop(api_name, job_id)
 
 
 def prepare_resume(store: JobStore, api_name: str, job_id: str, force: bool = False) -> JobRecord:
     """Check that a job can be resumed (its driver is dead, it did not succeed, its API was
     not redeployed since it ran unless ``force``)."""
+    token = lease.latest(store, api_name, job_id)  # before the state: what we judge is this
     record = store.get_job(api_name, job_id)
     state = read_state(store, api_name, job_id)
     if state.job_status is JobStatus.SUCCEEDED:
         raise JobStateError(f"job {job_id} already succeeded; nothing to resume")
-    if not state.job_status.is_terminal:
+    grace = max(3 * float(config.get("heartbeat-timeout")), _start_timeout(record))
+    busy = lease_busy(store, api_name, job_id, token, grace)
+    if busy:
+        raise JobStateError(f"job {job_id} is being started right now; wait for its driver")
+    if busy is None and not state.job_status.is_terminal:
         _refuse_if_driver_alive(record, state)
     check_resume(store, record, state, force)
+    lease.acquire(store, api_name, job_id, token, by="resume")  # of two resumes, one wins
     store.clear_stop(api_name, job_id)
     # pending again until the new driver is up, so nobody reads the old end or the dead pid
     state.move_to(JobStatus.PENDING)

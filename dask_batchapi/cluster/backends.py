@@ -89,6 +89,7 @@ class LocalBackend(ClusterBackend):
         local["resources"] = parse_resources(local.get("resources"), "batchapi.local.resources")
         if not local["resources"]:
             del local["resources"]
+        local["host"] = local.get("host") or "127.0.0.1"  # loopback unless opened explicitly
         if self.compute.get("mem"):  # the API's own need wins over a config-wide default
             local["memory_limit"] = int(self.compute["mem"])
         # The driver counts lost workers per batch itself: let every loss reach it at once. No

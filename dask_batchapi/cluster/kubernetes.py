@@ -3,7 +3,7 @@
 Two objects, both built here as plain manifests (so the tests validate exactly what is sent):
 
 * the **driver**: a ``batch/v1`` Job (:func:`driver_job`) that ``submit`` creates
-  (:func:`launch_driver`); its pod runs ``python -m dask_batchapi.driver.runner --cluster kubernetes``,
+  (:func:`launch_driver`); its pod runs ``python -m dask_batchapi.driver --cluster kubernetes``,
   so the job lives on when the submitter goes away. The store must be shared (S3):
   :func:`check_shared` says so at submit.
 * the **cluster**: inside that pod, :class:`KubernetesBackend` creates a ``KubeCluster`` of the
@@ -266,7 +266,7 @@ def driver_job(store_url: str, api_name: str, job_id: str) -> dict:
         "command": [
             "python",
             "-m",
-            "dask_batchapi.driver.runner",
+            "dask_batchapi.driver",
             "--store",
             store_url,
             "--cluster",

@@ -33,6 +33,7 @@ from distributed import Client, Future
 from dask_batchapi import config
 from dask_batchapi.cluster.backends import eligible_workers, missing_resources
 from dask_batchapi.driver.budget import BudgetGuard, not_attempted
+from dask_batchapi.driver.init_deaths import InitDeaths
 from dask_batchapi.driver.isolation import isolation_for
 from dask_batchapi.driver.ledger import Checkpointer
 from dask_batchapi.driver.log import DriverLog
@@ -44,13 +45,15 @@ from dask_batchapi.driver.losses import (
     timeout_info,
 )
 from dask_batchapi.driver.outcomes import BatchBook, OutOfMemory
-from dask_batchapi.errors import SourceError
+from dask_batchapi.driver.store_failure import end_on_store_failure
+from dask_batchapi.errors import LeaseLost, SourceError, StoreError
 from dask_batchapi.sources.batches import BatchRef
 from dask_batchapi.spec.record import JobRecord
 from dask_batchapi.status import JobState, JobStatus, parse_iso, utcnow_iso
 from dask_batchapi.store.jobstore import JobStore
 from dask_batchapi.worker.metrics import merge_metrics
 from dask_batchapi.worker.plugin import (
+    INIT_EVENT,
     TIMEOUT_EVENT,
     JobContext,
     JobPlugin,
@@ -142,10 +145,25 @@ class JobDriver:
         self._removals: queue.SimpleQueue = queue.SimpleQueue()
         self._counted_losses: set[str] = set()
         self._restrictions: dict[str, set[str]] = {}
+        self._init_deaths = InitDeaths(
+            int(config.get("max-worker-losses")),
+            lambda: bool(self._events(INIT_EVENT, 0, "job_id", self.job_id)),
+        )
 
     # -- entry point --------------------------------------------------------------------------
     def run(self) -> JobStatus:
         """Run the job to a final status; never raises for the job's own failures."""
+        try:
+            return self._run()
+        except LeaseLost as exc:  # a newer driver took the job over: leave without a write
+            logger.warning("%s", exc)
+            self._release()
+        except StoreError as exc:  # the store refuses our writes (full, gone): end the job
+            self._release()
+            end_on_store_failure(self.store, self.api_name, self.job_id, self.state, exc)
+        return self.state.job_status
+
+    def _run(self) -> JobStatus:
         try:
             self._start()
             self._dispatch_until_drained()
@@ -162,6 +180,8 @@ class JobDriver:
         except OutOfMemory as exc:
             self.log.error(str(exc))
             self._finish(JobStatus.WORKER_OOM, error_dict("out_of_memory", exc))
+        except (LeaseLost, StoreError):
+            raise
         except SourceError as exc:
             self.log.error(f"input could not be read: {exc}")
             self._finish(JobStatus.ENQUEUE_FAILED, error_dict("enqueue", exc))
@@ -435,6 +455,10 @@ class JobDriver:
             self.log.warning(f"a worker ran out of memory; {len(chunk)} batch(es) rerun")
             self.book.out_of_memory(chunk, ("WorkerOutOfMemory", err[1], ""))
             return
+        init_error = self._init_deaths.lost()
+        if init_error is not None:
+            self.log.error(init_error["message"])
+            raise JobEnded(JobStatus.WORKER_ERROR, init_error)
         counted = future.key in self._counted_losses
         self._counted_losses.discard(future.key)
         self.log.warning(f"{len(chunk)} batch(es) lost with their worker: {err[0]}: {err[1]}")

@@ -1,7 +1,7 @@
 """Starting a job's driver: detached in its own process, handed to a warm runner, on a thread
 of the caller (a live ``Client``), or as a Kubernetes Job.
 
-The detached runner (``python -m dask_batchapi.driver.runner``) runs in its own session, so the
+The detached runner (``python -m dask_batchapi.driver``) runs in its own session, so the
 job outlives the terminal or kernel that submitted it.
 """
 
@@ -10,17 +10,17 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
-import tempfile
 import threading
-from pathlib import Path
 from typing import Any
 
 from dask_batchapi import config
 from dask_batchapi.driver import warm
 from dask_batchapi.driver.children import hand_off_child, launch_cwd
 from dask_batchapi.driver.runner import run_job
+from dask_batchapi.fsutil import open_private_log, private_runtime_dir
 from dask_batchapi.spec.record import JobRecord
 from dask_batchapi.store import JobStore
+from dask_batchapi.worker import processes
 
 logger = logging.getLogger(__name__)
 
@@ -40,12 +40,11 @@ def launch_detached(store: JobStore, record: JobRecord, cluster: str) -> int:
         pid = warm.hand_off(key, store.url, api_name, job_id)
         if pid is not None:
             return pid
-    log_dir = Path(tempfile.gettempdir()) / "dask-batchapi-runners"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = private_runtime_dir("dask-batchapi-runners")
     cmd = [
         sys.executable,
         "-m",
-        "dask_batchapi.driver.runner",
+        "dask_batchapi.driver",
         "--store",
         store.url,
         "--cluster",
@@ -53,7 +52,7 @@ def launch_detached(store: JobStore, record: JobRecord, cluster: str) -> int:
         api_name,
         job_id,
     ]
-    with open(log_dir / f"{job_id}.log", "ab") as out:
+    with open_private_log(log_dir / f"{job_id}.log") as out:
         proc = subprocess.Popen(  # noqa: S603 - our own module
             cmd,
             stdin=subprocess.DEVNULL,
@@ -63,6 +62,7 @@ def launch_detached(store: JobStore, record: JobRecord, cluster: str) -> int:
             close_fds=True,
             cwd=launch_cwd(),
         )
+    processes.detached(proc.pid)  # started from handler code, it outlives the parent job
     return proc.pid
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import psutil
 
 from dask_batchapi.status import JobState
-from dask_batchapi.store import JobStore
+from dask_batchapi.store import JobStore, lease
 
 
 def driver_alive(state: JobState) -> bool | None:
@@ -38,3 +39,23 @@ def read_state(store: JobStore, api_name: str, job_id: str) -> JobState:
     if pulse is not None and (state.heartbeat is None or pulse > state.heartbeat):
         state.heartbeat = pulse
     return state
+
+
+def lease_busy(
+    store: JobStore, api_name: str, job_id: str, token: int, grace: float
+) -> bool | None:
+    """Whether lease ``token`` of the job still has, or is about to have, a driver.
+
+    False: none (no lease, or its driver released it, or nobody adopted it within ``grace``
+    seconds: its driver never started). True: taken less than ``grace`` seconds ago, its driver
+    not up yet. None: a driver adopted it and did not release it; its pid or heartbeat tell.
+    """
+    if token == 0:
+        return False
+    info = lease.read(store, api_name, job_id, token)
+    if info.released:
+        return False
+    if info.driver is None:
+        taken = float((info.acquired or {}).get("time") or 0)
+        return time.time() - taken < grace
+    return None

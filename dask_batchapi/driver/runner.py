@@ -1,6 +1,6 @@
 """The detached process that hosts a job's driver (and, for ``local``, its cluster).
 
-``python -m dask_batchapi.driver.runner --store URL --cluster TARGET API JOB_ID`` — started by
+``python -m dask_batchapi.driver --store URL --cluster TARGET API JOB_ID`` — started by
 ``submit`` / ``resume`` in its own session, so the job outlives the terminal or kernel that
 submitted it. It exits when the job reaches a final status, or — for the embedded cluster or a
 scheduler address, with ``batchapi.keep-alive`` > 0 — after serving the next jobs of the same
@@ -29,9 +29,12 @@ from dask_batchapi.driver.driver import JobDriver
 from dask_batchapi.driver.enqueue import batch_refs
 from dask_batchapi.driver.ledger import load_final
 from dask_batchapi.driver.liveness import driver_alive
+from dask_batchapi.driver.store_failure import end_unstarted, end_with_error
+from dask_batchapi.errors import LeaseLost, StoreError
 from dask_batchapi.spec.api_spec import APISpec, Submission, api_spec_from_dict, deep_merge
 from dask_batchapi.spec.record import JobRecord
-from dask_batchapi.status import JobState, JobStatus, utcnow_iso
+from dask_batchapi.status import JobState, JobStatus
+from dask_batchapi.store import lease
 from dask_batchapi.store.jobstore import JobStore
 from dask_batchapi.worker.plugin import JobContext
 
@@ -66,14 +69,29 @@ class Pulse(threading.Thread):
 
 
 def run_job(store: JobStore, api_name: str, job_id: str, cluster: Any) -> JobStatus:
-    """Drive a job (a new one, or the rest of an interrupted one) to a final status."""
-    pulse = Pulse(store, api_name, job_id)
+    """Drive a job (a new one, or the rest of an interrupted one) to a final status.
+
+    Only as the holder of the job's lease (:mod:`dask_batchapi.store.lease`): a job another
+    driver holds is left alone."""
+    try:
+        fenced = lease.adopt(store, api_name, job_id)
+    except LeaseLost as exc:
+        logger.warning("%s", exc)
+        return JobState.from_dict(store.read_state(api_name, job_id)).job_status
+    pulse = Pulse(fenced, api_name, job_id)
     pulse.beat()
     pulse.start()
     try:
-        return _run_job(store, api_name, job_id, cluster)
+        return _run_job(fenced, api_name, job_id, cluster)
+    except LeaseLost as exc:
+        logger.warning("%s", exc)
+        return JobStatus.UNEXPECTED_ERROR
+    except StoreError as exc:  # before the job started: its files unreadable, or a full store
+        end_unstarted(fenced, api_name, job_id, exc)
+        return JobStatus.UNEXPECTED_ERROR
     finally:
         pulse.stop()
+        fenced.release()
 
 
 def _run_job(store: JobStore, api_name: str, job_id: str, cluster: Any) -> JobStatus:
@@ -124,15 +142,15 @@ def _run_job(store: JobStore, api_name: str, job_id: str, cluster: Any) -> JobSt
             if indexer is not None:
                 indexer.wait = driver.tick
             return driver.run()
+    except LeaseLost:
+        raise
     except Exception as exc:  # noqa: BLE001 - the job must end in a final status
         if state.job_status.is_terminal:  # e.g. closing the cluster failed after the end
             logger.warning("job %s ended %s; then: %s", job_id, state.status, exc)
             return state.job_status
         logger.exception("job %s could not run", job_id)
-        state.move_to(JobStatus.UNEXPECTED_ERROR)
-        state.error = {"type": type(exc).__name__, "message": str(exc), "reason": "driver"}
-        state.end_time = utcnow_iso()
-        store.write_state(api_name, job_id, state.to_dict())
+        reason = "store" if isinstance(exc, StoreError) else "driver"
+        end_with_error(store, api_name, job_id, state, exc, reason)
         return JobStatus.UNEXPECTED_ERROR
 
 
@@ -170,7 +188,7 @@ def _context(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dask_batchapi.driver.runner")
+    parser = argparse.ArgumentParser(prog="python -m dask_batchapi.driver")
     parser.add_argument("--store", required=True)
     parser.add_argument("--cluster", default="local")
     parser.add_argument("api_name")

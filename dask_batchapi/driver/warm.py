@@ -25,13 +25,13 @@ import logging
 import os
 import socket
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from dask_batchapi import config
+from dask_batchapi.fsutil import peer_uid, private_runtime_dir
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +76,8 @@ def bound_socket() -> Path | None:
 
 
 def socket_path(key: str) -> Path:
-    base = Path(tempfile.gettempdir()) / f"dask-batchapi-{os.getuid()}"
-    base.mkdir(mode=0o700, exist_ok=True)
-    return base / f"{key}.sock"
+    """The key's socket, in this user's private directory (refused if someone squats it)."""
+    return private_runtime_dir("dask-batchapi") / f"{key}.sock"
 
 
 def hand_off(key: str, store_url: str, api_name: str, job_id: str) -> int | None:
@@ -95,6 +94,8 @@ def hand_off_to(path: Path, store_url: str, api_name: str, job_id: str) -> int |
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(_HANDOFF_TIMEOUT)
             sock.connect(str(path))
+            if not _ours(sock):
+                return None
             request = {"store": store_url, "api": api_name, "job": job_id}
             sock.sendall(json.dumps(request).encode() + b"\n")
             answer = json.loads(_read_line(sock) or b"{}")
@@ -103,6 +104,15 @@ def hand_off_to(path: Path, store_url: str, api_name: str, job_id: str) -> int |
         return None
     pid = answer.get("pid")
     return int(pid) if pid else None
+
+
+def _ours(sock: socket.socket) -> bool:
+    """Whether the listener is a process of this user (SO_PEERCRED): a job goes to no one else."""
+    uid = peer_uid(sock)
+    if uid != os.getuid():
+        logger.warning("warm runner socket answered by uid %s, not ours: not used", uid)
+        return False
+    return True
 
 
 def _read_line(sock: socket.socket) -> bytes:

@@ -18,6 +18,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from dask_batchapi.errors import SpecError
+from dask_batchapi.spec.limits import json_problem
 
 logger = logging.getLogger(__name__)
 
@@ -94,8 +95,8 @@ def str_list(value: Any, where: str, *, non_empty: bool = False) -> tuple[str, .
 
 def json_mapping(value: Any, where: str) -> dict:
     value = mapping(value, where, optional=True)
-    try:
-        ok = json.loads(json.dumps(value)) == value
+    try:  # (json_problem: no recursion, so deep nesting is a clear error too)
+        ok = json_problem(value, where) is None and json.loads(json.dumps(value)) == value
     except (TypeError, ValueError):
         ok = False
     if not ok:

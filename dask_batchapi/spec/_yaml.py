@@ -9,6 +9,7 @@ import yaml
 
 from dask_batchapi.errors import SpecError
 from dask_batchapi.spec._validate import one_line, show
+from dask_batchapi.spec.limits import load_limited
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,8 @@ class _StrictLoader(yaml.SafeLoader):
 
 def load_yaml(text: str, source: str) -> Any:
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # safe: _StrictLoader is a SafeLoader
+        # safe: _StrictLoader is a SafeLoader; within the limits of spec.limits
+        return load_limited(text, source, _StrictLoader)
     except _DuplicateKey as error:
         raise SpecError(f"{source}: {error}") from None
     except yaml.MarkedYAMLError as error:

@@ -15,7 +15,6 @@ import io
 import json
 import logging
 import os
-import re
 import signal
 import stat
 import subprocess
@@ -24,7 +23,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import pathspec
 from dotenv import dotenv_values
@@ -33,6 +32,7 @@ from dask_batchapi.errors import HandlerError, SpecError
 from dask_batchapi.spec import _handler_check
 from dask_batchapi.spec.api_spec import HandlerSpec
 from dask_batchapi.spec.dependencies import dependency_files
+from dask_batchapi.spec.unpack import unpack_project  # noqa: F401 - its former home
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,11 @@ class _Walker:
     def _target(self, entry: os.DirEntry, rel: str) -> Path | None:
         if not entry.is_symlink():
             return Path(entry.path)
-        target = Path(entry.path).resolve()
+        try:
+            target = Path(entry.path).resolve()
+        except RuntimeError:  # a loop of links
+            logger.warning("skipping %s: a symbolic link loop", rel)
+            return None
         if not target.is_relative_to(self.root):
             logger.warning("skipping %s: symbolic link to %s, outside the project", rel, target)
             return None
@@ -215,45 +219,7 @@ def pack_project(
 # --------------------------------------------------------------------------- unpacking
 
 
-def _destination(base: Path, info: zipfile.ZipInfo) -> Path:
-    name = info.filename.replace("\\", "/")
-    if stat.S_ISLNK(info.external_attr >> 16):
-        raise SpecError(f"project archive member {info.filename!r} is a symbolic link; refused")
-    if name.startswith("/") or re.match(r"^[A-Za-z]:", name) or ".." in PurePosixPath(name).parts:
-        raise SpecError(f"project archive member {info.filename!r} has an unsafe path; refused")
-    destination = (base / name).resolve()
-    if not destination.is_relative_to(base):
-        raise SpecError(f"project archive member {info.filename!r} points outside {base}; refused")
-    return destination
-
-
-def unpack_project(data: bytes, target: str | Path) -> Path:
-    """Unpack a project archive into ``target`` (created if needed) and return ``target``.
-
-    Every member is checked before anything is written: absolute paths, ``..`` and symbolic
-    links are refused with a :class:`~dask_batchapi.errors.SpecError`.
-
-    >>> unpack_project(pack_project("my-api", "batchapi.yaml").data, "/tmp/x")  # doctest: +SKIP
-    PosixPath('/tmp/x')
-    """
-    target = Path(target)
-    target.mkdir(parents=True, exist_ok=True)
-    base = target.resolve()
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as error:
-        raise SpecError(f"project archive is not a valid zip file: {error}") from None
-    with archive:
-        members = [(info, _destination(base, info)) for info in archive.infolist()]
-        for info, destination in members:
-            if info.is_dir():
-                destination.mkdir(parents=True, exist_ok=True)
-                continue
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            destination.write_bytes(archive.read(info))
-            if (info.external_attr >> 16) & 0o111:
-                destination.chmod(0o755)
-    return target
+# (in dask_batchapi.spec.unpack)
 
 
 # --------------------------------------------------------------------------- handler
@@ -268,7 +234,13 @@ def read_env_file(project_dir: str | Path) -> dict[str, str]:
     path = Path(project_dir) / ".env"
     if not path.is_file():
         return {}
-    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+    try:
+        values = dotenv_values(path, encoding="utf-8")
+    except (UnicodeDecodeError, ValueError) as error:
+        raise SpecError(f"{path} is not a text file of NAME=value lines: {error}") from None
+    if any("\0" in k or "\0" in (v or "") for k, v in values.items()):
+        raise SpecError(f"{path} holds a NUL byte: it is not a text file of NAME=value lines")
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def signature_args(func: Callable, allowed: tuple[str, ...], where: str) -> tuple[str, ...]:

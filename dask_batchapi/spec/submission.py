@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from dask_batchapi.errors import SubmissionError
+from dask_batchapi.errors import LimitError, SubmissionError
 from dask_batchapi.spec._validate import (
     Invalid,
     check_keys,
@@ -36,6 +36,7 @@ from dask_batchapi.spec.failures import (
     parse_error_budget,
     parse_isolate_items,
 )
+from dask_batchapi.spec.limits import check_depth, json_problem, short_reason
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +145,9 @@ def _parse_source(kind: str, value: Any) -> ItemList | FilePathLister | Delimite
         items = data.get("items")
         if not isinstance(items, list) or not items:
             raise Invalid(f"item_list.items must be a non-empty list, got {show(items)}")
+        problem = json_problem(items, "item_list.items")
+        if problem:  # never turned into something else silently (a set into its repr)
+            raise Invalid(f"{problem}; items must be JSON values")
         return ItemList(items=items, batch_size=batch_size, **ids)  # not copied: stored at submit
     return cls(
         s3_paths=str_list(data.get("s3_paths"), f"{kind}.s3_paths", non_empty=True),
@@ -251,6 +255,13 @@ def load_submission(path_or_dash: str, stdin: IO[str] | None = None) -> Submissi
     except json.JSONDecodeError as e:
         msg = f"{name}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
         raise SubmissionError(msg) from None
+    except ValueError as e:  # an integer of more than 4300 digits
+        raise SubmissionError(
+            one_line(f"{name}: a number over the limit: {short_reason(e)}")
+        ) from None
+    except RecursionError:
+        raise LimitError(f"{name}: nested too deep; refused") from None
+    check_depth(data, name)
     return parse_submission(data)
 
 

@@ -18,6 +18,8 @@ is written as new numbered segments, so a checkpoint costs O(changes), never O(j
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import re
@@ -27,9 +29,10 @@ from typing import Any
 import fsspec
 
 from dask_batchapi import config
-from dask_batchapi.errors import APINotFound, JobNotFound, StoreError
+from dask_batchapi.errors import APINotFound, BatchAPIError, JobNotFound, StoreError
 from dask_batchapi.fsutil import atomic_write
 from dask_batchapi.spec.record import JobRecord
+from dask_batchapi.store.checks import check_api, check_state
 
 logger = logging.getLogger(__name__)
 
@@ -64,24 +67,29 @@ class JobStore:
         return f"JobStore({self.url!r})"
 
     # -- primitives ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _io(self, action: str, path: str) -> Iterator[None]:
+        """Any failure of the filesystem as one StoreError line (FileNotFoundError passes)."""
+        try:
+            yield
+        except (FileNotFoundError, BatchAPIError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - fsspec backends raise their own (botocore's)
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise StoreError(f"cannot {action} {path} in store {self.url}: {reason}") from None
+
     def _path(self, *parts: str) -> str:
         return "/".join((self.root, *parts))
 
     def write_bytes(self, path: str, data: bytes) -> None:
         """Write ``data`` at ``path`` atomically (readers see the old or the new object)."""
-        try:
+        with self._io("write", path):
             atomic_write(self.fs, path, data)
-        except OSError as exc:
-            raise StoreError(f"cannot write {path} in store {self.url}: {exc}") from None
 
     def read_bytes(self, path: str) -> bytes:
         """The object at ``path``; FileNotFoundError if absent, StoreError if unreadable."""
-        try:
+        with self._io("read", path):
             return self.fs.cat_file(path)
-        except FileNotFoundError:
-            raise
-        except OSError as exc:
-            raise StoreError(f"cannot read {path} in store {self.url}: {exc}") from None
 
     def write_json(self, path: str, obj: Any) -> None:
         self.write_bytes(path, json.dumps(obj, default=str).encode())
@@ -94,29 +102,24 @@ class JobStore:
             raise StoreError(f"store object {path} is not valid JSON: {exc}") from None
 
     def exists(self, path: str) -> bool:
-        try:
+        with self._io("read", path):
             self.fs.invalidate_cache(path)  # another machine may have written it
             return self.fs.exists(path)
-        except OSError as exc:
-            raise StoreError(f"cannot read store {self.url}: {exc}") from None
 
     def _names(self, path: str) -> list[str]:
         """Sorted base names below ``path`` (empty if it does not exist)."""
         try:
-            entries = self.fs.ls(path, detail=False, refresh=True)
+            with self._io("list", path):
+                entries = self.fs.ls(path, detail=False, refresh=True)
         except FileNotFoundError:
             return []
-        except OSError as exc:
-            raise StoreError(f"cannot list {path} in store {self.url}: {exc}") from None
         names = (e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
         return sorted(n for n in names if ".tmp-" not in n)
 
     def _remove(self, path: str) -> None:
-        try:
+        with self._io("delete", path):
             if self.fs.exists(path):
                 self.fs.rm(path, recursive=True)
-        except OSError as exc:
-            raise StoreError(f"cannot delete {path} in store {self.url}: {exc}") from None
 
     def check_readable(self) -> None:
         """Raise StoreError unless the store's root can be listed (a missing root is fine)."""
@@ -124,36 +127,83 @@ class JobStore:
 
     # -- APIs ---------------------------------------------------------------------------------
     def put_api(self, record: dict, archive: bytes) -> None:
+        """Store an API's archive, then its record; a failed deploy leaves no new archive."""
         name, sha = record["name"], record["archive_sha256"]
         archive_path = self._path("apis", name, "archives", f"{sha}.zip")
-        if not self.exists(archive_path):
+        new_archive = not self.exists(archive_path)
+        if new_archive:
             self.write_bytes(archive_path, archive)
-        self.write_json(self._path("apis", name, "api.json"), record)
+        try:
+            self.write_json(self._path("apis", name, "api.json"), record)
+        except StoreError:
+            if new_archive:
+                self.discard(archive_path)
+            raise
+
+    def discard(self, path: str) -> None:
+        """Remove ``path`` (recursively) if possible: cleaning up after a failed write."""
+        try:
+            self._remove(path)
+        except StoreError as exc:
+            logger.warning("%s", exc)
+
+    def discard_job(self, api: str, job_id: str) -> None:
+        """Remove what a failed submit wrote of a job (items, listing, record, state)."""
+        self.discard(self._job(api, job_id))
+
+    def drop_pulse(self, api: str, job_id: str) -> None:
+        """Remove the driver's heartbeat object (an ended driver's, to make room on a full
+        store for its final state)."""
+        self.discard(self._job(api, job_id, "pulse.json"))
 
     def get_api(self, name: str) -> dict:
         _check_name(name, "API name", APINotFound)
         try:
-            return self.read_json(self._path("apis", name, "api.json"))
+            data = self.read_json(self._path("apis", name, "api.json"))
         except FileNotFoundError:
             raise APINotFound(
                 f"no API named {name!r} in store {self.url} (deploy it first: "
                 f"dask-batchapi deploy PROJECT_DIR)"
             ) from None
+        return check_api(data, f"apis/{name}/api.json in store {self.url}")
 
     def get_archive(self, name: str, sha256: str) -> bytes:
+        """The API's project archive, verified against its sha256 (a changed one is refused)."""
+        path = self._path("apis", name, "archives", f"{sha256}.zip")
         try:
-            return self.read_bytes(self._path("apis", name, "archives", f"{sha256}.zip"))
+            data = self.read_bytes(path)
         except FileNotFoundError:
             raise StoreError(f"project archive {sha256[:12]} of API {name!r} is missing") from None
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256:
+            raise StoreError(
+                f"project archive {path} was changed in the store: its sha256 is {actual[:12]},"
+                f" not {sha256[:12]}; deploy the API again"
+            )
+        return data
 
     def list_apis(self) -> list[dict]:
+        """Every deployed API's record (a corrupted one marked ``unreadable``)."""
         records = []
         for name in self._names(self._path("apis")):
             try:
                 records.append(self.get_api(name))
             except APINotFound:
                 continue  # a half-deleted API
+            except StoreError as exc:  # one corrupted API: marked, the others still listed
+                records.append({"name": name, "unreadable": True, "error": str(exc)})
+        if not records:
+            self._check_bucket()
         return records
+
+    def _check_bucket(self) -> None:
+        """On an object store, a missing bucket is an error, not an empty store."""
+        if self.fs.protocol in ("file", "local") or "file" in self.fs.protocol:
+            return
+        bucket = self.root.split("/", 1)[0]
+        with self._io("read", bucket):
+            if not self.fs.exists(bucket):
+                raise StoreError(f"bucket {bucket!r} of store {self.url} does not exist")
 
     def delete_api(self, name: str) -> None:
         self.get_api(name)
@@ -169,7 +219,9 @@ class JobStore:
 
     def create_job(self, record: JobRecord) -> None:
         """Write a new job's record (and, for an item_list, its items in segments)."""
-        if record.item_count is not None and not isinstance(record.submission.source.items, StoredItems):
+        if record.item_count is not None and not isinstance(
+            record.submission.source.items, StoredItems
+        ):
             self.put_items(record.api_name, record.job_id, record.submission.source.items)
         self.write_json(self._job(record.api_name, record.job_id, "job.json"), record.to_dict())
 
@@ -219,10 +271,12 @@ class JobStore:
         self.write_json(self._job(api, job_id, "state.json"), state)
 
     def read_state(self, api: str, job_id: str) -> dict | None:
+        """The job's state as stored (checked: StoreError naming a corrupted file)."""
         try:
-            return self.read_json(self._job(api, job_id, "state.json"))
+            data = self.read_json(self._job(api, job_id, "state.json"))
         except FileNotFoundError:
             return None
+        return check_state(data, f"{api}/{job_id}/state.json in store {self.url}")
 
     def write_pulse(self, api: str, job_id: str, pulse: dict) -> None:
         """The driver process's heartbeat, beaten by a thread of its own (see runner.Pulse)."""

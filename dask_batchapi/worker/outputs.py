@@ -24,7 +24,9 @@ from typing import Any
 
 import fsspec
 
+from dask_batchapi.errors import OutputError
 from dask_batchapi.fsutil import atomic_write
+from dask_batchapi.spec.limits import json_problem
 
 logger = logging.getLogger(__name__)
 
@@ -38,18 +40,25 @@ def part_url(output: str, job_id: str, index: int, path: str = "") -> str:
 
 
 def encode_result(result: Any, ids: list | None = None) -> bytes:
-    """The JSON-lines bytes of a handler's return value (``ids``: its items' ids).
+    """The JSON-lines bytes of a handler's return value: strict JSON, never a repr
+    (``ids``: its items' ids, written beside the outputs).
+
+    A value JSON cannot hold (a generator, an object, a set, NaN or Infinity) raises
+    :class:`~dask_batchapi.errors.OutputError`, which fails the batch (into the dead letter).
 
     >>> encode_result([1, 2], ids=["a", "b"])
     b'{"id": "a", "output": 1}\\n{"id": "b", "output": 2}\\n'
     """
     values = result if isinstance(result, list) else [result]
+    problem = json_problem(result, "the return value")
+    if problem:
+        raise OutputError(f"handle_batch's output cannot be written as JSON: {problem}")
     if ids is not None:
         if isinstance(result, list) and len(result) == len(ids):
             values = [{"id": i, "output": v} for i, v in zip(ids, values, strict=True)]
         else:
             values = [{"ids": ids, "output": v} for v in values]
-    return "".join(json.dumps(v, default=str) + "\n" for v in values).encode()
+    return "".join(json.dumps(v, allow_nan=False) + "\n" for v in values).encode()
 
 
 class OutputWriter:

@@ -37,17 +37,20 @@ from dask_batchapi.logging import install_collector, log_context
 from dask_batchapi.sources.batches import load_payloads
 from dask_batchapi.sources.delimited import PARSED
 from dask_batchapi.spec.failures import item_id
-from dask_batchapi.spec.project import read_env_file, unpack_project
+from dask_batchapi.spec.project import read_env_file
+from dask_batchapi.spec.unpack import unpack_limits, unpack_project
 from dask_batchapi.worker.capture import capture_output
 from dask_batchapi.worker.deps import Installed, install_dependencies
 from dask_batchapi.worker.metrics import MetricsClient
 from dask_batchapi.worker.outputs import OutputWriter
+from dask_batchapi.worker.processes import JobProcesses
 from dask_batchapi.worker.scope import HandlerScope, entered, scope_from
 
 logger = logging.getLogger(__name__)
 
 _HANDLER_LOCK = threading.RLock()  # see the module docstring
 TIMEOUT_EVENT = "batchapi-batch-timeout"  # worker event: a stuck batch's worker is restarted
+INIT_EVENT = "batchapi-handler-built"  # worker event: building the Handler ended (see init_deaths)
 
 
 class BatchTimeout(Exception):
@@ -131,6 +134,7 @@ class JobPlugin(WorkerPlugin):
         self.metrics = MetricsClient.from_config()
         self._deps = Installed()
         self._scope: HandlerScope | None = None
+        self.processes = JobProcesses()  # the children its handler started: ended at teardown
 
     def __getstate__(self) -> dict:
         return {"context": self.context, "archive": self.archive, "name": self.name}
@@ -142,8 +146,9 @@ class JobPlugin(WorkerPlugin):
     # -- lifecycle ----------------------------------------------------------------------------
     def setup(self, worker) -> None:
         root = Path(worker.local_directory) / "batchapi"
-        self.dir = unpack_project(self.archive, root / self.context.job_id)
+        self.dir = unpack_project(self.archive, root / self.context.job_id, *unpack_limits())
         self.worker_address = worker.address
+        self._worker = worker
         install_collector()
         if self.context.batch_timeout:
             self._watchdog = BatchWatchdog(self, worker)
@@ -181,6 +186,7 @@ class JobPlugin(WorkerPlugin):
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = old
+        self.processes.end()
         install_collector().discard(self.context.job_id)
         PARSED.drop(self.context.job_id)
         if self.dir is not None:
@@ -196,7 +202,14 @@ class JobPlugin(WorkerPlugin):
                     self.init_error = exc.info()
                 except BaseException as exc:  # noqa: BLE001 - any init failure is the job's error
                     self.init_error = error_info(exc)
+                self._announce(INIT_EVENT, {"job_id": self.context.job_id})
         return self.handler
+
+    def _announce(self, topic: str, event: dict) -> None:
+        """A worker event, sent from the worker's event loop (handler code runs on threads)."""
+        worker = getattr(self, "_worker", None)
+        if worker is not None:
+            worker.loop.add_callback(worker.log_event, topic, event)
 
     def _build_handler(self) -> Any:
         ctx, sig = self.context, self.context.signature
@@ -279,7 +292,7 @@ class JobPlugin(WorkerPlugin):
             old = os.getcwd()
             os.chdir(self.dir)
             try:
-                with capture_output():
+                with capture_output(), self.processes.watching():
                     yield
             finally:
                 os.chdir(old)
