@@ -15,6 +15,7 @@ import dask
 import pytest
 
 import dask_batchapi as batchapi
+from dask_batchapi.errors import JobStateError
 
 HANDLER = """
     from dask_batchapi import logger
@@ -111,7 +112,8 @@ def test_cortex_client_names_end_to_end(cx, project, capsys):
         job_info["job_status"] = {}  # read-only
     assert job_info == job_info and len({job_info, cx.get_job("text-generator", job_id)}) == 2
 
-    cx.stop_job("text-generator", job_id, keep_cache=False)  # an ended job: nothing to stop
+    with pytest.raises(JobStateError, match="had already ended"):  # one line, as the CLI says
+        cx.stop_job("text-generator", job_id, keep_cache=False)
     cx.delete_api("text-generator", keep_cache=False)
     assert cx.list_apis() == []
 

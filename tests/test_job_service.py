@@ -184,7 +184,12 @@ def test_a_damaged_job_is_one_error_and_the_dashboard_and_metrics_go_on(
     rows = service.get("/_/overview").json()["apis"][0]["jobs"]
     assert [r["job_id"] for r in rows] == [good]
     assert 'batchapi_jobs{api="sleepy",status="succeeded"} 1.0' in service.get("/metrics").text
-    assert service.get("/sleepy").status_code == 503  # the API's full list says it is damaged
+    listed = service.get("/sleepy").json()  # the API's full list marks the damaged one
+    assert [(j["job_id"], j["status"]) for j in listed] == [
+        (damaged, "unreadable"),
+        (good, "succeeded"),
+    ]
+    assert "job.json" in listed[0]["error"]["message"]
 
 
 # -- auth -----------------------------------------------------------------------------------------

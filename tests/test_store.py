@@ -3,6 +3,8 @@ server), as huey runs one test set against every storage backend."""
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from dask_batchapi.errors import APINotFound, JobNotFound, StoreError
@@ -11,6 +13,7 @@ from dask_batchapi.spec.submission import parse_submission
 from dask_batchapi.store import JobStore, StoredItems
 
 API = "store-api"
+ARCHIVE = b"PK-archive"
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -23,8 +26,14 @@ def store(request, tmp_path) -> JobStore:
 
 
 def _api(store: JobStore, name: str = API) -> dict:
-    record = {"name": name, "spec": {"name": name}, "archive_sha256": "ab" * 32, "files": []}
-    store.put_api(record, b"PK-archive")
+    record = {
+        "name": name,
+        "spec": {"name": name},
+        "signature": {},
+        "archive_sha256": hashlib.sha256(ARCHIVE).hexdigest(),
+        "files": [],
+    }
+    store.put_api(record, ARCHIVE)
     return record
 
 
@@ -36,7 +45,7 @@ def _record(items=None, **submission) -> JobRecord:
 def test_apis_round_trip_and_list(store):
     record = _api(store)
     assert store.get_api(API) == record
-    assert store.get_archive(API, "ab" * 32) == b"PK-archive"
+    assert store.get_archive(API, record["archive_sha256"]) == ARCHIVE
     assert [a["name"] for a in store.list_apis()] == [API]
     store.delete_api(API)
     assert store.list_apis() == []
