@@ -1,17 +1,21 @@
 """What the driver and the workers say to each other: typed, picklable, at the bottom floor.
 
-The driver sends a *chunk* — a list of batch references, pickled once by :func:`pack_chunk` so
-the scheduler handles one ``bytes`` object and never the items — to a task that runs it on the
-job's worker plugin. The task answers a :class:`ChunkResult`: one :class:`BatchOutcome` per batch
-that ran, the batches it did not start (the job was cancelled), the job's log lines, and the
-:class:`BatchError` of ``Handler.__init__`` if the handler could not be built. ``on_job_complete``
-answers a :class:`CompletionResult`.
+The driver ships a :class:`JobContext` inside the job's worker plugin, then sends *chunks* — a
+list of batch references, pickled once by :func:`pack_chunk` so that the scheduler handles one
+``bytes`` object and never the items — to a task that runs them on the plugin. The task answers
+a :class:`ChunkResult`: one :class:`BatchOutcome` per batch that ran, the batches it did not start
+(the job was cancelled), the job's log lines and metrics, and the :class:`BatchError` of
+``Handler.__init__`` if the handler could not be built. ``on_job_complete`` answers a
+:class:`CompletionResult`.
+
+:class:`BatchError` and :class:`BatchOutcome` are named tuples: ``kind, message, tb = error``
+reads them, and they pickle small.
 
 >>> outcome = BatchOutcome(3, ok=False, seconds=0.1, error=BatchError("ValueError", "bad"))
 >>> outcome.error.line
 'ValueError: bad'
->>> batch_id_for("00000000000000ff", 3)
-'00000000000000ff-000003'
+>>> batch_id_for("00000000000000ff", 3), batch_id_for("00000000000000ff", 3, "01")
+('00000000000000ff-000003', '00000000000000ff-000003.01')
 """
 
 from __future__ import annotations
@@ -20,13 +24,16 @@ import os
 import pickle
 import traceback
 from dataclasses import dataclass, field
-from typing import Any
+from typing import NamedTuple
 
 __all__ = [
+    "INIT_EVENT",
+    "TIMEOUT_EVENT",
     "BatchError",
     "BatchOutcome",
     "ChunkResult",
     "CompletionResult",
+    "JobContext",
     "batch_id_for",
     "pack_chunk",
     "plugin_name",
@@ -35,15 +42,20 @@ __all__ = [
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
+# Worker events (``Worker.log_event``) the driver reads from the scheduler:
+TIMEOUT_EVENT = "batchapi-batch-timeout"  # a batch stuck past its timeout: its worker restarts
+INIT_EVENT = "batchapi-handler-built"  # building the Handler ended (ok or not) on a worker
+
 
 def plugin_name(job_id: str) -> str:
-    """The name of a job's worker plugin (and of the key prefix of its tasks)."""
+    """The name of a job's worker plugin."""
     return f"batchapi-{job_id}"
 
 
-def batch_id_for(job_id: str, index: int) -> str:
-    """The unique, stable id of batch ``index`` of a job (sortable within the job)."""
-    return f"{job_id}-{index:06d}"
+def batch_id_for(job_id: str, index: int, path: str = "") -> str:
+    """The unique, stable id of batch ``index`` of a job (``.path``: one of its sub-batches,
+    poison-item isolation)."""
+    return f"{job_id}-{index:06d}.{path}" if path else f"{job_id}-{index:06d}"
 
 
 def pack_chunk(refs: list) -> bytes:
@@ -52,12 +64,11 @@ def pack_chunk(refs: list) -> bytes:
 
 
 def unpack_chunk(packed: bytes) -> list:
-    """The batch references of :func:`pack_chunk` (only ever our driver's bytes)."""
+    """The batch references of :func:`pack_chunk` (only ever our own driver's bytes)."""
     return pickle.loads(packed)  # noqa: S301 - pickled by this job's driver
 
 
-@dataclass(frozen=True)
-class BatchError:
+class BatchError(NamedTuple):
     """Why a batch (or a handler hook) failed: exception type name, message, traceback."""
 
     kind: str
@@ -87,35 +98,59 @@ class BatchError:
         return {"type": self.kind, "message": message, "reason": reason}
 
 
-@dataclass(frozen=True)
-class BatchOutcome:
-    """One batch's run on a worker."""
+class BatchOutcome(NamedTuple):
+    """One batch's run on a worker (``key``: its index, or ``"index.path"`` for a sub-batch)."""
 
-    index: int
+    key: int | str
     ok: bool
     seconds: float
     error: BatchError | None = None
 
 
-@dataclass(frozen=True)
+@dataclass
+class JobContext:
+    """What a worker needs to know about its job (shipped inside the job's plugin)."""
+
+    job_id: str
+    api_name: str
+    handler_path: str
+    python_path: str | None
+    signature: dict  # spec.project.HandlerSignature.to_dict()
+    config: dict  # spec config deep-merged with the job's config
+    job_spec: dict
+    env: dict = field(default_factory=dict)  # handler.env from the spec
+    log_level: str = "info"
+    output: str | None = None
+    storage_options: dict = field(default_factory=dict)
+    batch_timeout: float | None = None
+    batch_timeout_grace: float = 5.0
+    dependencies: dict = field(default_factory=dict)  # handler.dependencies: {kind: file}
+    id_key: str | None = None  # item_list.id_key / delimited_files.id_key: outputs carry ids
+    origin: dict = field(default_factory=dict)  # store, cluster, runner: see worker/scope.py
+
+
+@dataclass
 class ChunkResult:
     """What a chunk task returns to the driver."""
 
     worker: str
     pid: int
-    outcomes: tuple[BatchOutcome, ...] = ()
-    not_run: tuple[int, ...] = ()  # batches the task did not start (the job was cancelled)
-    logs: tuple[str, ...] = ()
+    outcomes: list[BatchOutcome] = field(default_factory=list)
+    not_run: list[int | str] = field(default_factory=list)  # not started: the job was cancelled
+    logs: list[str] = field(default_factory=list)
     init_error: BatchError | None = None  # Handler.__init__ failed: nothing ran
-    extra: dict[str, Any] = field(default_factory=dict)  # e.g. custom metrics
+    failed_items: dict = field(default_factory=dict)  # key -> the one item of a failed batch
+    metrics: list = field(default_factory=list)  # the handler's metrics_client, drained
+    triggered: list[dict] = field(default_factory=list)  # jobs handler code submitted
 
 
-@dataclass(frozen=True)
+@dataclass
 class CompletionResult:
     """What the ``on_job_complete`` task returns to the driver."""
 
     worker: str
     ran: bool = False
     error: BatchError | None = None
-    logs: tuple[str, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict)
+    logs: list[str] = field(default_factory=list)
+    metrics: list = field(default_factory=list)
+    triggered: list[dict] = field(default_factory=list)

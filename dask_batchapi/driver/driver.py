@@ -37,31 +37,25 @@ from dask_batchapi.driver.init_deaths import InitDeaths
 from dask_batchapi.driver.isolation import isolation_for
 from dask_batchapi.driver.ledger import Checkpointer
 from dask_batchapi.driver.log import DriverLog
-from dask_batchapi.driver.losses import (
-    RemovalHub,
-    error_dict,
-    error_info_dict,
-    lost_info,
-    timeout_info,
-)
+from dask_batchapi.driver.losses import RemovalHub, error_dict, lost_info, timeout_info
 from dask_batchapi.driver.outcomes import BatchBook, OutOfMemory
 from dask_batchapi.driver.store_failure import end_on_store_failure
 from dask_batchapi.errors import LeaseLost, SourceError, StoreError
+from dask_batchapi.protocol import (
+    INIT_EVENT,
+    TIMEOUT_EVENT,
+    BatchError,
+    ChunkResult,
+    CompletionResult,
+    JobContext,
+    pack_chunk,
+)
 from dask_batchapi.sources.batches import BatchRef
 from dask_batchapi.spec.record import JobRecord
 from dask_batchapi.status import JobState, JobStatus, parse_iso, utcnow_iso
 from dask_batchapi.store.jobstore import JobStore
 from dask_batchapi.worker.metrics import merge_metrics
-from dask_batchapi.worker.plugin import (
-    INIT_EVENT,
-    TIMEOUT_EVENT,
-    JobContext,
-    JobPlugin,
-    cancel_job,
-    pack_chunk,
-    run_chunk_task,
-    run_complete_task,
-)
+from dask_batchapi.worker.plugin import JobPlugin, cancel_job, run_chunk_task, run_complete_task
 
 logger = logging.getLogger(__name__)
 
@@ -250,16 +244,15 @@ class JobDriver:
         while not future.done():
             self._wait(_TICK)
             self.tick()
-        result = self._one_result(future) or {"error": lost_info(future), "logs": []}
-        self._ckpt.logs.extend(result.get("logs", ()))
-        self._merge_metrics(result)
-        self.state.triggered.extend(result.get("triggered", ()))
-        if result.get("error"):
-            kind, message, tb = result["error"]
-            self.log.error(f"on_job_complete raised {kind}: {message}", traceback=tb)
-            raise JobEnded(
-                JobStatus.WORKER_ERROR, error_info_dict("on_job_complete", result["error"])
+        result = self._one_result(future)
+        if result is None:
+            result = CompletionResult(worker="?", error=lost_info(future))
+        self._take_extras(result)
+        if result.error is not None:
+            self.log.error(
+                f"on_job_complete raised {result.error.line}", traceback=result.error.traceback
             )
+            raise JobEnded(JobStatus.WORKER_ERROR, result.error.status_error("on_job_complete"))
 
     def _finish(self, status: JobStatus, error: dict | None = None) -> None:
         self._cancel_all()
@@ -389,7 +382,7 @@ class JobDriver:
             if future.status != "finished":
                 self._chunk_lost(chunk, future, since)
 
-    def _gather(self, finished: list[tuple]) -> list[dict | None]:
+    def _gather(self, finished: list[tuple]) -> list[ChunkResult | None]:
         """Results of finished futures in one round trip; None for one whose data was lost."""
         if not finished:
             return []
@@ -398,44 +391,48 @@ class JobDriver:
         except Exception:  # noqa: BLE001 - a result lost with its worker: sort them one by one
             return [self._one_result(e[0]) for e in finished]
 
-    def _one_result(self, future: Future) -> dict | None:
+    def _one_result(self, future: Future) -> Any:
         try:
             return future.result()  # only called on finished futures
         except Exception:  # noqa: BLE001
             return None
 
-    def _handle_chunk(self, chunk: list[BatchRef], result: dict) -> None:
+    def _handle_chunk(self, chunk: list[BatchRef], result: ChunkResult) -> None:
         self.state.in_flight -= len(chunk)
-        self._ckpt.logs.extend(result.get("logs", ()))
-        self._merge_metrics(result)
-        self.state.triggered.extend(result.get("triggered", ()))
-        if result.get("init_error"):
-            kind, message, tb = result["init_error"]
-            if kind == "DependencyError":  # the project's requirements failed to install
-                self.log.error(f"installing dependencies failed: {message}", output=tb)
-                error = {"type": kind, "message": message, "reason": "dependencies"}
-                raise JobEnded(JobStatus.WORKER_ERROR, error)
-            self.log.error(f"Handler.__init__ raised {kind}: {message}", traceback=tb)
-            raise JobEnded(
-                JobStatus.WORKER_ERROR, error_info_dict("Handler.__init__", result["init_error"])
-            )
+        self._take_extras(result)
+        if result.init_error is not None:
+            self._init_failed(result.init_error)
         by_key = {ref.key: ref for ref in chunk}
-        items = result.get("failed_items") or {}
-        for key, ok, seconds, err in result["outcomes"]:
-            self._record_time(seconds)
-            if ok:
-                self.book.succeeded(by_key[key])
-                self._last_worker = result["worker"]
+        for outcome in result.outcomes:
+            self._record_time(outcome.seconds)
+            if outcome.ok:
+                self.book.succeeded(by_key[outcome.key])
+                self._last_worker = result.worker
             else:
-                self.book.failed(by_key[key], err, items.get(key))
-        for key in result.get("not_run", ()):
+                item = result.failed_items.get(outcome.key)
+                self.book.failed(by_key[outcome.key], outcome.error, item)
+        for key in result.not_run:
             self.book.retry.append(by_key[key])
 
-    def _merge_metrics(self, result: dict) -> None:
-        if result.get("metrics"):
+    def _init_failed(self, error: BatchError) -> None:
+        """``Handler.__init__`` (or installing the project's dependencies) failed: the end."""
+        if error.kind == "DependencyError":  # the project's requirements failed to install
+            self.log.error(
+                f"installing dependencies failed: {error.message}", output=error.traceback
+            )
+            reason = {"type": error.kind, "message": error.message, "reason": "dependencies"}
+            raise JobEnded(JobStatus.WORKER_ERROR, reason)
+        self.log.error(f"Handler.__init__ raised {error.line}", traceback=error.traceback)
+        raise JobEnded(JobStatus.WORKER_ERROR, error.status_error("Handler.__init__"))
+
+    def _take_extras(self, result: ChunkResult | CompletionResult) -> None:
+        """A result's log lines, custom metrics and the jobs handler code submitted."""
+        self._ckpt.logs.extend(result.logs)
+        self.state.triggered.extend(result.triggered)
+        if result.metrics:
             limit = int(config.get("custom-metrics-max-series"))
             self.state.custom_metrics = merge_metrics(
-                self.state.custom_metrics, result["metrics"], limit
+                self.state.custom_metrics, result.metrics, limit
             )
 
     def _record_time(self, seconds: float) -> None:

@@ -2,7 +2,7 @@
 in C code): the job ends ``worker_error`` naming ``__init__``, not ``completed_with_failures``
 after every batch was lost with a dozen workers.
 
-A worker announces (an event, :data:`~dask_batchapi.worker.plugin.INIT_EVENT`) that building
+A worker announces (an event, :data:`~dask_batchapi.protocol.INIT_EVENT`) that building
 its Handler finished, whatever the outcome; a Python exception in ``__init__`` is reported as
 an ``init_error`` anyway. A process that dies inside ``__init__`` never announces it. So when
 ``limit`` chunks were lost with their worker and no worker of the job has ever finished

@@ -27,12 +27,12 @@ from typing import Any
 
 from dask_batchapi import config
 from dask_batchapi.driver.ledger import ref_to_dict
+from dask_batchapi.protocol import batch_id_for
 from dask_batchapi.sources.batches import BatchRef
 from dask_batchapi.sources.split import halves
 from dask_batchapi.spec.failures import item_id
 from dask_batchapi.spec.record import JobRecord
 from dask_batchapi.status import utcnow_iso
-from dask_batchapi.worker.plugin import batch_id_for
 
 logger = logging.getLogger(__name__)
 

@@ -15,6 +15,8 @@ from typing import Any
 
 from distributed import Client, Future
 
+from dask_batchapi.protocol import BatchError
+
 logger = logging.getLogger(__name__)
 
 
@@ -57,22 +59,20 @@ class RemovalHub:
             pass
 
 
-def lost_info(future: Future) -> tuple[str, str, str]:
+def lost_info(future: Future) -> BatchError:
+    """The error of a chunk whose worker was lost (the future tells how)."""
     try:
         exc = future.exception(timeout=5) or RuntimeError(future.status)
     except BaseException as caught:  # noqa: BLE001 - cancelled futures raise here
         exc = caught
-    return "WorkerLost", f"worker lost: {type(exc).__name__}: {exc}", ""
+    return BatchError("WorkerLost", f"worker lost: {type(exc).__name__}: {exc}")
 
 
-def timeout_info(seconds: float | None) -> tuple[str, str, str]:
-    return "BatchTimeout", f"batch ran longer than its batch_timeout of {seconds} s", ""
+def timeout_info(seconds: float | None) -> BatchError:
+    """The error of a batch whose worker was restarted past its ``batch_timeout``."""
+    return BatchError("BatchTimeout", f"batch ran longer than its batch_timeout of {seconds} s")
 
 
 def error_dict(reason: str, exc: BaseException) -> dict:
+    """The job's ``error`` in the status document for an exception the driver caught."""
     return {"type": type(exc).__name__, "message": str(exc), "reason": reason}
-
-
-def error_info_dict(reason: str, info: tuple) -> dict:
-    kind, message, _ = info
-    return {"type": kind, "message": f"{reason} raised {kind}: {message}", "reason": reason}

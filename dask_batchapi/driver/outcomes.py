@@ -27,9 +27,9 @@ from dask_batchapi.driver.budget import BudgetGuard
 from dask_batchapi.driver.isolation import Isolation
 from dask_batchapi.driver.ledger import Checkpointer, ref_to_dict
 from dask_batchapi.driver.log import DriverLog
+from dask_batchapi.protocol import batch_id_for
 from dask_batchapi.sources.batches import BatchRef
 from dask_batchapi.status import JobState, utcnow_iso
-from dask_batchapi.worker.plugin import batch_id_for
 
 logger = logging.getLogger(__name__)
 

@@ -31,12 +31,12 @@ from dask_batchapi.driver.ledger import load_final
 from dask_batchapi.driver.liveness import driver_alive
 from dask_batchapi.driver.store_failure import end_unstarted, end_with_error
 from dask_batchapi.errors import LeaseLost, StoreError
+from dask_batchapi.protocol import JobContext
 from dask_batchapi.spec.api_spec import APISpec, Submission, api_spec_from_dict, deep_merge
 from dask_batchapi.spec.record import JobRecord
 from dask_batchapi.status import JobState, JobStatus
 from dask_batchapi.store import lease
 from dask_batchapi.store.jobstore import JobStore
-from dask_batchapi.worker.plugin import JobContext
 
 logger = logging.getLogger(__name__)
 

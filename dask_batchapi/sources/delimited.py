@@ -35,18 +35,25 @@ value being parsed, for any file size.
 
 from __future__ import annotations
 
-import codecs
-import json
 import logging
-import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fsspec.core import url_to_fs
 
 from dask_batchapi.errors import SourceError
+from dask_batchapi.sources.jsontext import (
+    BLOCK_SIZE,
+    BlockReader,
+    Cursor,
+    InvalidJSONError,
+    bad_position,
+    missing_error,
+    next_value,
+    read_range,
+)
 
 __all__ = [
     "FileIndex",
@@ -57,28 +64,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-BLOCK_SIZE = 4 * 2**20
-# A value that ends less than this many characters before the end of the buffered text might
-# still grow once more bytes arrive: "1" becomes "1.5", "1e" becomes "1e+7".
-_MARGIN = 8
-_WHITESPACE = re.compile(r"[ \t\n\r]*")
-_DECODER = json.JSONDecoder()
-_BOM = "\ufeff"
-_BOM_BYTES = 3
-
-
-class InvalidJSONError(SourceError, ValueError):
-    """A delimited file holds something that is not JSON at ``line`` / ``byte``."""
-
-    def __init__(self, url: str, line: int | None, byte: int, reason: str):
-        where = f"line {line} (byte {byte})" if line else f"byte {byte}"
-        super().__init__(f"{url}: invalid JSON at {where}: {reason}")
-        self.url, self.line, self.byte, self.reason = url, line, byte, reason
-
-    def __reduce__(self):
-        # Batches fail on workers and the error travels back pickled.
-        return type(self), (self.url, self.line, self.byte, self.reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,101 +98,6 @@ def granularity_for(batch_size: int) -> int:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     return max(1, min(256, batch_size // 8))
-
-
-class _Cursor:
-    """Decoded text over a byte stream, with the byte offset and line of any position.
-
-    ``text[pos:]`` is what has not been consumed yet. ``more()`` drops the consumed text and
-    appends the next read. Positions are located incrementally from a mark, so locating
-    every value of a file costs O(file), whatever its encoding.
-    """
-
-    __slots__ = (
-        "text",
-        "pos",
-        "eof",
-        "_read",
-        "_block",
-        "_want",
-        "_decoder",
-        "_mark",
-        "_byte",
-        "_line",
-        "_at_start",
-    )
-
-    def __init__(self, read: Callable[[int], bytes], byte: int, line: int, block: int):
-        self.text, self.pos, self.eof = "", 0, False
-        self._read, self._block, self._want = read, block, block
-        self._decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
-        self._mark, self._byte, self._line = 0, byte, line
-        self._at_start = byte == 0
-
-    def locate(self, p: int) -> tuple[int, int]:
-        """(byte offset, line) of ``text[p]``; ``p`` never goes backwards."""
-        mark, text = self._mark, self.text
-        if p > mark:
-            self._line += text.count("\n", mark, p)
-            if text.isascii():
-                self._byte += p - mark
-            else:
-                self._byte += len(text[mark:p].encode("utf-8", "surrogateescape"))
-            self._mark = p
-        return self._byte, self._line
-
-    def more(self) -> None:
-        """Drop the consumed text and read the next block (sets ``eof`` at the end)."""
-        self.locate(self.pos)
-        # Re-parsing a value that spans many blocks is quadratic unless reads grow.
-        stalled = self.pos == 0 and bool(self.text)
-        self._want = self._want * 2 if stalled else self._block
-        self.text, self.pos, self._mark = self.text[self.pos :], 0, 0
-        chunk = self._read(self._want)
-        new = self._decoder.decode(chunk, final=not chunk)
-        self.eof = not chunk
-        if self._at_start and new:
-            self._at_start = False
-            if new.startswith(_BOM):
-                new, self._byte = new[1:], self._byte + _BOM_BYTES
-        self.text += new
-
-    @property
-    def bytes_seen(self) -> int:
-        self.locate(len(self.text))
-        return self._byte
-
-
-def _next_value(cur: _Cursor) -> tuple[int, object, tuple[int, str] | None] | None:
-    """Parse the next value: ``(start, value, None)``, ``(start, None, (pos, reason))`` for a
-    bad stretch (see the module docstring), or None at the end. Advances ``cur.pos``."""
-    while True:
-        text = cur.text
-        start = _WHITESPACE.match(text, cur.pos).end()
-        if start == len(text):
-            cur.pos = start
-            if cur.eof:
-                return None
-            cur.more()
-            continue
-        try:
-            value, end = _DECODER.raw_decode(text, start)
-        except json.JSONDecodeError as exc:
-            bad = (exc.pos, exc.msg)
-        except (ValueError, RecursionError) as exc:  # too many digits, too deeply nested
-            bad = (start, str(exc) or type(exc).__name__)
-        else:
-            if len(text) - end < _MARGIN and not cur.eof:
-                cur.more()
-                continue
-            cur.pos = end
-            return start, value, None
-        newline = text.find("\n", bad[0])
-        if newline < 0 and not cur.eof:
-            cur.more()  # the error may be a value cut off by the end of the read
-            continue
-        cur.pos = len(text) if newline < 0 else newline + 1
-        return start, None, bad
 
 
 class _Bad:
@@ -295,8 +185,8 @@ def index_file(
     values: list | None = [] if keep else None
     try:
         fs, path = url_to_fs(url, **(storage_options or {}))
-        cur = _Cursor(_BlockReader(fs, path).read, byte=0, line=1, block=block_size)
-        while (found := _next_value(cur)) is not None:
+        cur = Cursor(BlockReader(fs, path).read, byte=0, line=1, block=block_size)
+        while (found := next_value(cur)) is not None:
             if count % granularity == 0:
                 byte, line = cur.locate(found[0])
                 offsets.append(byte)
@@ -305,7 +195,7 @@ def index_file(
                     values = None  # too big to keep: its batches read their ranges
             if values is not None:
                 bad = found[2]
-                values.append(found[1] if bad is None else _Bad(*_where(cur, found, True)))
+                values.append(found[1] if bad is None else _Bad(*bad_position(cur, found, True)))
             count += 1
         size = cur.bytes_seen
     except Exception as exc:
@@ -338,35 +228,6 @@ def take_cached(
     return results
 
 
-class _BlockReader:
-    """Reads a file front to back with ranged reads: one GET per block on object stores,
-    where opening a file costs an extra request for its size."""
-
-    def __init__(self, fs, path: str):
-        self.fs, self.path, self.pos, self.done = fs, path, 0, False
-
-    def read(self, n: int) -> bytes:
-        if self.done:
-            return b""
-        try:
-            data = self.fs.cat_file(self.path, start=self.pos, end=self.pos + n)
-        except OSError:
-            # S3 refuses a range that starts at the end of the object (or of an empty one)
-            if self.fs.size(self.path) != self.pos:
-                raise
-            data = b""
-        self.pos += len(data)
-        self.done = len(data) < n
-        return data
-
-
-def _read_range(url: str, start: int, end: int | None, storage_options: dict | None) -> bytes:
-    fs, path = url_to_fs(url, **(storage_options or {}))
-    # Keywords matter: s3fs's cat_file takes version_id second. An integer start keeps s3fs
-    # from asking for the object's size first (ranges here never start in an empty object).
-    return fs.cat_file(path, start=start, end=end)
-
-
 def read_segments(
     url: str,
     start: int,
@@ -386,52 +247,33 @@ def read_segments(
     fewer values than the index promised. ``start_line`` is the line at ``start`` (0: unknown).
     """
     try:
-        data = _read_range(url, start, end, storage_options)
+        data = read_range(url, start, end, storage_options)
     except Exception as exc:
         span = f"{start}-{'EOF' if end is None else end}"
         error = SourceError(f"cannot read {url} bytes {span}: {type(exc).__name__}: {exc}")
         return [error] * len(takes)
     chunks = [data]
-    cur = _Cursor(lambda _n: chunks.pop() if chunks else b"", start, start_line, len(data))
+    cur = Cursor(lambda _n: chunks.pop() if chunks else b"", start, start_line, len(data))
     return _take_runs(cur, url, skip, takes, start_line > 0)
 
 
-def _take_runs(cur: _Cursor, url: str, skip: int, takes: Sequence[int], lines_known: bool):
+def _take_runs(cur: Cursor, url: str, skip: int, takes: Sequence[int], lines_known: bool):
     for seen in range(skip):
-        if _next_value(cur) is None:
-            return [_missing(url, cur, skip + sum(takes) - seen)] * len(takes)
+        if next_value(cur) is None:
+            return [missing_error(url, cur, skip + sum(takes) - seen)] * len(takes)
     results: list[list | BaseException] = []
     for take in takes:
         values: list = []
         error: BaseException | None = None
         for _ in range(take):
-            found = _next_value(cur)
+            found = next_value(cur)
             if found is None:
-                error = error or _missing(url, cur, take - len(values))
+                error = error or missing_error(url, cur, take - len(values))
                 break
             if found[2] is None:
                 values.append(found[1])
             elif error is None:
-                byte, line, reason = _where(cur, found, lines_known)
+                byte, line, reason = bad_position(cur, found, lines_known)
                 error = InvalidJSONError(url, line if lines_known else None, byte, reason)
         results.append(values if error is None else error)
     return results
-
-
-def _where(cur: _Cursor, found: tuple, lines_known: bool) -> tuple[int, int, str]:
-    """(byte, line, reason) of a bad stretch: where its value starts, since that is where the
-    user must look; the reason adds where the parser gave up if that is on a later line."""
-    start, _, (stop, reason) = found
-    byte, line = cur.locate(start)
-    stop_byte, stop_line = cur.locate(stop)
-    if stop_line != line:
-        at = f"line {stop_line}, byte {stop_byte}" if lines_known else f"byte {stop_byte}"
-        reason = f"{reason} (parser stopped at {at})"
-    return byte, line, reason
-
-
-def _missing(url: str, cur: _Cursor, missing: int) -> SourceError:
-    return SourceError(
-        f"{url}: {missing} JSON value(s) missing before byte {cur.bytes_seen}; the file "
-        "changed after the job indexed it, resubmit the job"
-    )
