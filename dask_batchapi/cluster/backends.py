@@ -1,8 +1,8 @@
 """Where a job runs: thin backends that only differ where they must.
 
 * :class:`LocalBackend` — an embedded ``LocalCluster`` with exactly ``workers`` worker
-  processes, one thread each (``batchapi.local.*``), closed when its runner exits (after the
-  job, or after the jobs a warm runner took: :mod:`dask_batchapi.driver.warm`).
+  processes, one thread each (``batchapi.local.*``); the local runner hosts one, shared by
+  every job of the machine (:mod:`dask_batchapi.driver.warm`), and closes it when it exits.
 * :class:`AddressBackend` — an existing scheduler (``tcp://``, ``tls://``), with dask's TLS
   settings (``distributed.comm.tls.*``) when the address is ``tls://``.
 * :class:`ClientBackend` — a ``distributed.Client`` (or cluster object) the user already has;
@@ -85,7 +85,9 @@ class LocalBackend(ClusterBackend):
     cluster: LocalCluster | None = None
 
     def _connect(self) -> Client:
-        local = {k.replace("-", "_"): v for k, v in (config.get("local") or {}).items()}
+        own = ("max-workers", "start-timeout")  # ours, not LocalCluster's
+        passed = {k: v for k, v in (config.get("local") or {}).items() if k not in own}
+        local = {k.replace("-", "_"): v for k, v in passed.items()}
         local["resources"] = parse_resources(local.get("resources"), "batchapi.local.resources")
         if not local["resources"]:
             del local["resources"]

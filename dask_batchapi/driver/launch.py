@@ -27,15 +27,27 @@ logger = logging.getLogger(__name__)
 def launch_detached(store: JobStore, record: JobRecord, cluster: str) -> int:
     """Start the job's driver in its own session; returns its pid. The caller may exit.
 
-    On the embedded cluster or a scheduler address, a runner kept warm for jobs like this one
-    takes it instead (:mod:`dask_batchapi.driver.warm`): no new process, no new cluster."""
-    api_name, job_id = record.api_name, record.job_id
-    if warm.serves(cluster):
-        compute = store.get_api(api_name)["spec"].get("compute")
-        key = warm.service_key(cluster, record.workers, compute)
-        pid = warm.hand_off(key, store.url, api_name, job_id)
+    On the embedded cluster the machine's local runner takes it
+    (:mod:`dask_batchapi.driver.warm`), started first if none runs, under a lock: never a
+    second cluster. On a scheduler address a runner kept warm takes it, if one runs."""
+    if not warm.serves(cluster):
+        return _spawn(store, record, cluster).pid
+    compute = store.get_api(record.api_name)["spec"].get("compute")
+    key = warm.service_key(cluster, record.workers, compute)
+    pid = warm.hand_off(key, store.url, record.api_name, record.job_id)
+    if pid is not None or cluster != "local":
+        return pid if pid is not None else _spawn(store, record, cluster).pid
+    with warm.start_lock(key):
+        pid = warm.hand_off(key, store.url, record.api_name, record.job_id)
         if pid is not None:
             return pid
+        proc = _spawn(store, record, cluster)
+        wait = float(config.get("local.start-timeout"))
+        warm.wait_listening(key, lambda: proc.poll() is None, wait)
+        return proc.pid
+
+
+def _spawn(store: JobStore, record: JobRecord, cluster: str) -> subprocess.Popen:
     log_dir = Path(tempfile.gettempdir()) / "dask-batchapi-runners"
     log_dir.mkdir(parents=True, exist_ok=True)
     cmd = [
@@ -46,11 +58,11 @@ def launch_detached(store: JobStore, record: JobRecord, cluster: str) -> int:
         store.url,
         "--cluster",
         cluster,
-        api_name,
-        job_id,
+        record.api_name,
+        record.job_id,
     ]
-    with open(log_dir / f"{job_id}.log", "ab") as out:
-        proc = subprocess.Popen(  # noqa: S603 - our own module
+    with open(log_dir / f"{record.job_id}.log", "ab") as out:
+        return subprocess.Popen(  # noqa: S603 - our own module
             cmd,
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -58,7 +70,6 @@ def launch_detached(store: JobStore, record: JobRecord, cluster: str) -> int:
             start_new_session=True,
             close_fds=True,
         )
-    return proc.pid
 
 
 def is_detachable(target: Any) -> bool:

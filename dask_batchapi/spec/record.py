@@ -134,6 +134,7 @@ class JobRecord:
             "dead_letter": {"max_receive_count": sub.max_receive_count},
             "output": sub.output,
             "batch_timeout": sub.batch_timeout,
+            "priority": sub.priority,
             "source": sub.source_kind,
             sub.source_kind: summary,
             "cluster": self.cluster,
@@ -181,7 +182,7 @@ class JobRecord:
 # keys to_dict derives from the submission and the fields above (not kept in ``extra``)
 _DERIVED = {
     "kind", "workers", "config", "timeout", "dead_letter", "sqs_dead_letter_queue", "output",
-    "batch_timeout", "source", "item_list", "file_path_lister", "delimited_files",
+    "batch_timeout", "priority", "source", "item_list", "file_path_lister", "delimited_files",
 }
 
 

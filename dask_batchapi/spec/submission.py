@@ -70,7 +70,7 @@ _SOURCES = {
 _SUBMISSION_KEYS = [
     *_SOURCES,
     *("workers", "config", "timeout", "dead_letter", "sqs_dead_letter_queue"),
-    *("output", "batch_timeout", "node_groups"),
+    *("output", "batch_timeout", "node_groups", "priority"),
 ]
 
 
@@ -86,6 +86,7 @@ class Submission:
     dead_letter_arn: str | None = None
     output: str | None = None
     batch_timeout: float | None = None
+    priority: int = 0  # our extension: queued jobs get free workers higher first, then oldest
 
     @property
     def source_kind(self) -> str:
@@ -108,6 +109,8 @@ class Submission:
         extras = {"timeout": self.timeout, "output": self.output}
         extras["batch_timeout"] = self.batch_timeout
         data.update({k: v for k, v in extras.items() if v is not None})
+        if self.priority:
+            data["priority"] = self.priority
         return data
 
 
@@ -184,7 +187,14 @@ def _parse_submission(data: Any, where: str) -> Submission:
         dead_letter_arn=arn,
         output=_optional(data, "output", string),
         batch_timeout=_optional(data, "batch_timeout", positive_number),
+        priority=_priority(data.get("priority", 0)),
     )
+
+
+def _priority(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Invalid(f"priority must be an integer (higher runs first), got {show(value)}")
+    return value
 
 
 def submission_from_dict(d: dict) -> Submission:

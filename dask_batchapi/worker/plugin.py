@@ -119,6 +119,7 @@ class JobPlugin(WorkerPlugin):
         self._current_lock = threading.Lock()
         self._watchdog: BatchWatchdog | None = None
         self._bound: tuple | None = None
+        self.cleaned = threading.Event()  # set once teardown's cleanup has ended (leases wait)
 
     def __getstate__(self) -> dict:
         return {"context": self.context, "archive": self.archive, "name": self.name}
@@ -156,6 +157,12 @@ class JobPlugin(WorkerPlugin):
             threading.Thread(target=self._cleanup, name=name, daemon=True).start()
 
     def _cleanup(self) -> None:
+        try:
+            self._clean()
+        finally:
+            self.cleaned.set()
+
+    def _clean(self) -> None:
         with _HANDLER_LOCK:
             self.handler = None
             for name in self._modules:
