@@ -209,6 +209,8 @@ def _print_jobs(client: BatchClient, api_name: str, fmt: str) -> None:
                     "status": _status_text(j),
                     "progress": f"{j['batch_metrics']['succeeded']}/{j['total_batch_count'] or '?'}",
                     "failed": j["batch_metrics"]["failed"],
+                    "workers": _workers_text(j),
+                    "queue": j.get("queue_position") or "-",
                     "start time": j["start_time"] or "-",
                     "duration": _duration(j),
                 }
@@ -216,6 +218,11 @@ def _print_jobs(client: BatchClient, api_name: str, fmt: str) -> None:
             ]
         )
     )
+
+
+def _workers_text(j: dict) -> str:
+    """Held/asked workers of a job: the cluster may give it fewer than it asked for."""
+    return f"{j['worker_counts']['running']}/{j['workers']}"
 
 
 def _status_text(j: dict) -> str:
@@ -253,8 +260,10 @@ def _job_detail(j: dict) -> str:
             ]
         ),
         "",
-        f"workers: {j['workers']} requested, {j['worker_counts']['running']} running",
+        f"workers: {j['worker_counts']['running']} held / {j['workers']} asked",
     ]
+    if j.get("queue_position"):
+        lines.append(f"queue position: {j['queue_position']} (waiting for a free worker)")
     if j.get("error"):
         lines.append(f"error: {j['error'].get('message')}")
     if j.get("interrupted"):
@@ -355,6 +364,47 @@ def dead_letter(api_name: str, job_id: str, store: str | None, fmt: str) -> None
                 [
                     {"batch id": r["batch_id"], "attempts": r["attempts"], "error": r["error"][:80]}
                     for r in records
+                ]
+            )
+        )
+
+
+@main.command("cluster")
+@cluster_option
+@output_option
+def cluster_(cluster: str | None, fmt: str) -> None:
+    """Show the cluster's workers, the job holding each, and the job queue."""
+    status = BatchClient(cluster=cluster).cluster_status()
+    if fmt == "json":
+        _echo_json(status)
+        return
+    if status["scheduler"] is None:
+        click.echo("no local cluster is running")
+        return
+    click.echo(f"scheduler: {status['scheduler']}")
+    workers = [
+        {
+            "worker": w["address"],
+            "state": w["state"],
+            "job id": w["job_id"] or "-",
+            "api": w["api_name"] or "-",
+        }
+        for w in status["workers"]
+    ]
+    click.echo(_table(workers) if workers else "no workers")
+    if status["jobs"]:
+        click.echo("")
+        click.echo(
+            _table(
+                [
+                    {
+                        "job id": j["job_id"],
+                        "api": j["api_name"],
+                        "priority": j["priority"],
+                        "workers": f"{j['held']}/{j['asked']}",
+                        "queue": j["queue_position"] or "-",
+                    }
+                    for j in status["jobs"]
                 ]
             )
         )

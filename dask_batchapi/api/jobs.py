@@ -20,7 +20,7 @@ from dask_batchapi import config
 from dask_batchapi.driver import warm as service
 from dask_batchapi.driver.ledger import read_dead_letter
 from dask_batchapi.driver.liveness import driver_alive, read_state
-from dask_batchapi.errors import JobStateError, SubmissionError
+from dask_batchapi.errors import ClusterError, JobStateError, SubmissionError
 from dask_batchapi.spec.api_spec import Submission, load_api_specs
 from dask_batchapi.spec.project import check_handler, pack_project
 from dask_batchapi.spec.record import JobRecord
@@ -192,6 +192,31 @@ def _refuse_if_driver_alive(record: JobRecord, state: JobState) -> None:
         raise JobStateError(
             f"job {job_id} is {state.status} and its driver is alive; stop it first or wait"
         )
+
+
+def cluster_status(target: Any) -> dict:
+    """The workers of ``target``'s cluster with the job holding each, and the jobs that hold or
+    wait for workers (``scheduler``: its address; None when no local runner is up)."""
+    kind = config.cluster_kind(target)
+    if kind == "kubernetes":
+        raise ClusterError(
+            "cluster status needs a scheduler address on kubernetes "
+            "(each job has its own DaskCluster): pass --cluster tcp://..."
+        )
+    if kind == "local":
+        target = service.scheduler_address(service.service_key("local"))
+        if target is None:
+            return {"scheduler": None, "workers": [], "jobs": []}
+    from distributed import Client
+
+    from dask_batchapi.cluster.backends import client_security, driver_client
+    from dask_batchapi.driver.workers import cluster_status as lease_status
+
+    if isinstance(target, Client):
+        return {"scheduler": target.scheduler.address, **lease_status(target)}
+    security = client_security(target) if kind == "address" else None
+    with driver_client(target, security=security) as client:
+        return {"scheduler": client.scheduler.address, **lease_status(client)}
 
 
 def matched_files(submission: Submission) -> list[str]:

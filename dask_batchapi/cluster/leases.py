@@ -145,9 +145,9 @@ class LeasePlugin(SchedulerPlugin):
                 {
                     "address": address,
                     "name": str(ws.name),
-                    "state": "cleaning" if address in self.tearing else (
-                        job.held.get(address) if job else "free"
-                    ),
+                    "state": "cleaning"
+                    if address in self.tearing
+                    else (job.held.get(address) if job else "free"),
                     "job_id": job.job_id if job else None,
                     "api_name": job.api_name if job else None,
                 }
@@ -232,7 +232,9 @@ class LeasePlugin(SchedulerPlugin):
             job.held[worker] = "ready"
         if not ok:
             logger.warning("setup of job %s on %s failed", job.job_id, worker)
-        logger.debug("job %s set up on %s in %.3f s", job.job_id, worker, time.monotonic() - started)
+        logger.debug(
+            "job %s set up on %s in %.3f s", job.job_id, worker, time.monotonic() - started
+        )
 
     async def _teardown(self, job: LeaseJob, worker: str) -> None:
         setup = self._setups.pop((job.job_id, worker), None)

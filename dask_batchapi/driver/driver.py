@@ -172,7 +172,6 @@ class JobDriver:
     # -- phases -------------------------------------------------------------------------------
     def _start(self) -> None:
         self.state.move_to(JobStatus.ENQUEUING)
-        self.state.start_time = self.state.start_time or utcnow_iso()
         self.state.driver = {"host": socket.gethostname(), "pid": os.getpid()}
         self.state.dashboard_link = getattr(self.client, "dashboard_link", None)
         self._checkpoint()
@@ -184,6 +183,7 @@ class JobDriver:
                 {"type": "MissingResources", "message": problem, "reason": "resources"},
             )
         self._lease_workers()
+        self.state.start_time = self.state.start_time or utcnow_iso()  # queued time is not run time
         self._watch_worker_removals()
         self._refresh_workers()
         self.log.info(f"job started on {len(self.workers)} worker(s)")
