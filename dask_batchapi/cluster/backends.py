@@ -86,7 +86,8 @@ class LocalBackend(ClusterBackend):
 
     def _connect(self) -> Client:
         own = ("max-workers", "start-timeout")  # ours, not LocalCluster's
-        passed = {k: v for k, v in (config.get("local") or {}).items() if k not in own}
+        local_settings = (config.get("local") or {}).items()
+        passed = {k: v for k, v in local_settings if k.replace("_", "-") not in own}
         local = {k.replace("-", "_"): v for k, v in passed.items()}
         local["resources"] = parse_resources(local.get("resources"), "batchapi.local.resources")
         if not local["resources"]:
