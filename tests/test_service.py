@@ -153,11 +153,11 @@ def test_a_second_runner_for_a_job_already_driven_leaves_it_alone(api, tmp_path,
     import subprocess
     import sys
 
-    job = _submit(tmp_path, items=30, sleep=0.1)
+    job = _submit(tmp_path, items=80, sleep=0.1)
     wait_for(lambda: _state(store_dir, job)["status"] == "running", 30, "running")
     pid = _state(store_dir, job)["driver"]["pid"]
     cmd = [sys.executable, "-m", "dask_batchapi.driver.runner", "--store", str(store_dir)]
     second = subprocess.run([*cmd, "warm", job], capture_output=True, text=True, timeout=60)
     assert second.returncode == 0 and "already driven" in second.stderr
     state = _final(store_dir, job)
-    assert state["driver"]["pid"] == pid and state["run"] == 1 and state["succeeded"] == 30
+    assert state["driver"]["pid"] == pid and state["run"] == 1 and state["succeeded"] == 80
