@@ -180,3 +180,15 @@ def test_six_concurrent_cold_submits_start_exactly_one_cluster(tmp_path, store_d
     runs = {j.job_id: _outputs(out, j.job_id) for j in jobs}
     assert len({p["pid"] for parts in runs.values() for p in parts}) <= 2
     _no_worker_served_two_jobs_at_once(runs)
+
+
+def test_an_adaptive_cluster_from_zero_scales_up_for_a_queued_lease(tmp_path):
+    """A queued job has no task to ask for workers with: its lease does."""
+    with LocalCluster(n_workers=0, threads_per_worker=1, dashboard_address=":0") as cluster:
+        cluster.adapt(minimum=0, maximum=2, interval="200ms")
+        with Client(cluster) as dask_client:
+            client = batchapi.client(store=str(tmp_path / "store"), cluster=dask_client)
+            api = client.deploy(_project(tmp_path, "zeta"))
+            job = api.submit(_items(6, 2, tmp_path / "out"))
+            assert job.wait(timeout=60) == "succeeded"
+            assert len({p["pid"] for p in _outputs(tmp_path / "out", job.job_id)}) >= 1

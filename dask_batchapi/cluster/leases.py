@@ -13,6 +13,11 @@ whose driver's Dask client disconnects (the driver died) loses its leases at onc
 (``remove_client``). The plugin lives on the scheduler: drivers on other machines sharing the
 cluster see the same table. It needs ``dask_batchapi`` importable where the scheduler runs.
 
+Adaptive clusters (``LocalCluster.adapt``, the Kubernetes operator's autoscaler) scale on the
+scheduler's ``adaptive_target``: the plugin raises it to the workers leased, being cleaned and
+wanted by queued jobs (a queued job has no task yet to ask for workers with), and never lets
+a leased worker be retired.
+
 Drivers call the handlers below through ``client.scheduler.<name>(...)``
 (:class:`dask_batchapi.driver.workers.WorkerLeases`).
 """
@@ -85,8 +90,15 @@ class LeasePlugin(SchedulerPlugin):
 
     async def start(self, scheduler: Any) -> None:
         self.scheduler = scheduler
+        tasks_target = scheduler.adaptive_target
+
+        def adaptive_target(target_duration: Any = None) -> int:
+            return max(tasks_target(target_duration), self.wanted_workers())
+
+        scheduler.adaptive_target = adaptive_target  # the HTTP API's /adaptive_target too
         scheduler.handlers.update(
             {
+                "adaptive_target": adaptive_target,
                 "batchapi_lease_request": self.request,
                 "batchapi_lease_poll": self.poll,
                 "batchapi_lease_release": self.release,
@@ -165,7 +177,16 @@ class LeasePlugin(SchedulerPlugin):
         ]
         return {"workers": workers, "jobs": jobs}
 
+    def wanted_workers(self) -> int:
+        """Workers the jobs hold, are having cleaned, and want: an adaptive cluster's floor."""
+        return len(self.owner) + len(self.tearing) + sum(j.wants for j in self.jobs.values())
+
     # -- hooks --------------------------------------------------------------------------------
+    def valid_workers_downscaling(self, scheduler: Any, workers: list) -> list:
+        """An adaptive cluster may retire free workers only."""
+        busy = set(self.owner) | self.tearing
+        return [ws for ws in workers if ws.address not in busy]
+
     def add_worker(self, scheduler: Any, worker: str) -> None:
         self._grant()
 
