@@ -320,12 +320,14 @@ class JobDriver:
 
     def _placement(self, chunk: list[BatchRef]) -> dict:
         """The one leased worker a chunk runs on: the one that already holds the chunk's data
-        when it has room, else the least busy."""
+        when it has room, else the least busy. Loose: should that worker die, Dask may rerun
+        the task elsewhere instead of waiting forever for it (a result lost after it finished);
+        on a worker not leased to the job it finds no plugin and fails at once, as a loss."""
         load = self._load()
         preferred = self._locate(chunk[0]) if self._locate else None
-        if preferred in self.workers and load[preferred] < self._prefetch:
-            return {"workers": [preferred]}
-        return {"workers": [min(self.workers, key=lambda w: load[w])]}
+        if not (preferred in self.workers and load[preferred] < self._prefetch):
+            preferred = min(self.workers, key=lambda w: load[w])
+        return {"workers": [preferred], "allow_other_workers": True}
 
     def _load(self) -> Counter:
         """Chunks in flight per worker."""
