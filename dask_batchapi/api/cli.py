@@ -13,6 +13,8 @@ from typing import Any
 import click
 
 from dask_batchapi.api.client import BatchClient, Job
+from dask_batchapi.api.tables import cluster_text
+from dask_batchapi.api.tables import table as _table
 from dask_batchapi.errors import BatchAPIError, JobStateError
 from dask_batchapi.spec.api_spec import load_submission
 from dask_batchapi.status import JobStatus, parse_iso
@@ -271,16 +273,6 @@ def _job_detail(j: dict) -> str:
     return "\n".join(lines)
 
 
-def _table(rows: list[dict]) -> str:
-    headers = list(rows[0])
-    widths = [max(len(h), *(len(str(r[h])) for r in rows)) for h in headers]
-
-    def fmt_row(values):
-        return "   ".join(str(v).ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()  # noqa: E731
-
-    return "\n".join([fmt_row(headers), *(fmt_row([r[h] for h in headers]) for r in rows)])
-
-
 @main.command()
 @click.argument("api_name")
 @click.argument("job_id")
@@ -378,36 +370,7 @@ def cluster_(cluster: str | None, fmt: str) -> None:
     if fmt == "json":
         _echo_json(status)
         return
-    if status["scheduler"] is None:
-        click.echo("no local cluster is running")
-        return
-    click.echo(f"scheduler: {status['scheduler']}")
-    workers = [
-        {
-            "worker": w["address"],
-            "state": w["state"],
-            "job id": w["job_id"] or "-",
-            "api": w["api_name"] or "-",
-        }
-        for w in status["workers"]
-    ]
-    click.echo(_table(workers) if workers else "no workers")
-    if status["jobs"]:
-        click.echo("")
-        click.echo(
-            _table(
-                [
-                    {
-                        "job id": j["job_id"],
-                        "api": j["api_name"],
-                        "priority": j["priority"],
-                        "workers": f"{j['held']}/{j['asked']}",
-                        "queue": j["queue_position"] or "-",
-                    }
-                    for j in status["jobs"]
-                ]
-            )
-        )
+    click.echo(cluster_text(status))
 
 
 @main.command()
