@@ -409,6 +409,8 @@ class JobDriver:
                 self.book.failed(by_index[index], err)
         for index in result.get("not_run", ()):
             self.book.retry.append(by_index[index])
+        if result.get("foreign"):  # its worker is gone: look at the leases before the retry
+            self._refresh_workers()
 
     def _record_time(self, seconds: float) -> None:
         self.state.batch_seconds += seconds

@@ -421,7 +421,16 @@ def run_chunk_task(name: str, packed: bytes) -> dict:
 
     The chunk arrives pickled (:func:`pack_chunk`): the scheduler then handles one bytes
     object, never the items, and a message it keeps in its log is compact."""
-    return _plugin(name).run_chunk(pickle.loads(packed))  # noqa: S301 - our driver pickled it
+    plugin = get_worker().plugins.get(name)
+    refs = pickle.loads(packed)  # noqa: S301 - our driver pickled it
+    if plugin is None:  # a worker not leased to the job (its own died): nothing of it runs here
+        return {
+            "pid": os.getpid(),
+            "foreign": True,
+            "outcomes": [],
+            "not_run": [r.index for r in refs],
+        }
+    return plugin.run_chunk(refs)
 
 
 def pack_chunk(refs: list) -> bytes:
