@@ -1,9 +1,14 @@
 """Load: 10 jobs submitted at once through the CLI, each 5,000 batches of 20 items.
 
-    .venv/bin/python benchmarks/load.py [--workers 1,2] [--jobs 10] [--batches 5000]
+    .venv/bin/python benchmarks/load.py [--workers 10] [--jobs 10] [--batches 5000]
+        [--cluster local|existing] [--existing-workers 4] [--latency 5] [--repeats 1]
 
-Every job is a separate ``dask-batchapi submit API FILE`` process (detached driver, its own
-embedded ``LocalCluster``), all started at the same moment; the handler is a no-op. The script
+Cortex's load shape: every job is a separate ``dask-batchapi submit API FILE`` process, all
+started at the same moment; the handler is a no-op. On ``--cluster local`` (the default) the
+jobs go to the machine's one local runner and its shared embedded ``LocalCluster`` of
+``batchapi.local.max-workers`` workers (worker leases give each job its own workers and queue
+the rest); ``--cluster existing`` starts a ``LocalCluster`` of ``--existing-workers`` workers in
+this script and submits with ``--cluster <its address>``. The script
 waits for every job's final status and asserts ``succeeded`` with exact metrics
 (``succeeded == batches``, ``failed == 0``, ``dead_lettered == 0``,
 ``total_batch_count == batches``). It reports the wall time from the first submit to the last
@@ -12,12 +17,13 @@ writes them into ``benchmarks/reliability-results.md`` (its "Load" section, repl
 
 Cortex's own end-to-end budget for this load was 210 s on a real cluster.
 
-Worker count: the default runs ``workers=1`` and then ``workers=2``. On a 2-core machine ten
-jobs already mean ten drivers (each hosting its scheduler) plus ten worker processes and their
-nannies; a no-op handler makes the work per batch negligible, so throughput is bound by the
-per-chunk overhead of driver and scheduler, not by handler CPU. A second worker per job adds
-ten more processes to start and schedule (memory, start-up time) without a free core to run
-them on; the run with 2 shows what that costs.
+It also samples the worker processes of the machine's clusters (processes running a
+multiprocessing ``spawn_main`` under a runner or this script): their peak must never pass
+``max-workers`` on the embedded cluster.
+
+``--latency N``: N times, a 1-batch job submitted (``client.submit``, Python) to the idle,
+running local cluster; the time from the call to the handler's first batch starting (the
+handler writes ``time.time()``; one machine, one clock).
 """
 
 from __future__ import annotations
@@ -54,9 +60,15 @@ from dask_batchapi.status import JobState, JobStatus, is_interrupted, parse_iso 
 from dask_batchapi.store.jobstore import JobStore  # noqa: E402
 
 NOOP_HANDLER = """
+    import time
+
     class Handler:
+        def __init__(self, config):
+            self.stamp = config.get("stamp")
         def handle_batch(self, payload):
-            pass
+            if self.stamp:
+                with open(self.stamp, "a") as f:
+                    f.write(f"{time.time()}\\n")
     """
 SPEC = """
     - name: load-noop
@@ -77,6 +89,7 @@ class MemorySampler(threading.Thread):
         self.peak = self.baseline
         self.peak_jobs_rss = 0
         self.peak_processes = 0
+        self.peak_workers = 0  # worker processes of the clusters (multiprocessing spawn_main)
         self.driver_pids: set[int] = set()
         self._halt = threading.Event()
         self._last_tree = 0.0
@@ -94,6 +107,7 @@ class MemorySampler(threading.Thread):
                 rss, count = self._jobs_rss()
                 self.peak_jobs_rss = max(self.peak_jobs_rss, rss)
                 self.peak_processes = max(self.peak_processes, count)
+                self.peak_workers = max(self.peak_workers, _worker_processes())
 
     def _jobs_rss(self) -> tuple[int, int]:
         rss = count = 0
@@ -114,6 +128,22 @@ class MemorySampler(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self.join()
+
+
+def _worker_processes() -> int:
+    """Dask worker processes on this machine under a runner of ours or this script."""
+    count = 0
+    for proc in psutil.process_iter(["cmdline", "ppid"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if "spawn_main" not in cmdline:
+            continue
+        try:
+            parent = " ".join(psutil.Process(proc.info["ppid"]).cmdline())
+        except psutil.Error:
+            continue
+        if "dask_batchapi.driver.runner" in parent or proc.info["ppid"] == os.getpid():
+            count += 1
+    return count
 
 
 @dataclass
@@ -156,9 +186,12 @@ class Run:
     problems: list[str]
 
 
-def run_load(root: Path, workers: int, n_jobs: int, batches: int, batch_size: int) -> Run:
-    store_dir = root / f"store-w{workers}"
+def run_load(
+    root: Path, workers: int, n_jobs: int, batches: int, batch_size: int, cluster: str = "local"
+) -> Run:
+    store_dir = root / f"store-w{workers}-{time.time_ns()}"
     env = {
+        "DASK_BATCHAPI_CLUSTER": cluster,
         **os.environ,
         "DASK_BATCHAPI_STORE": str(store_dir),
         "DASK_TEMPORARY_DIRECTORY": str(root / "dask-tmp"),
@@ -168,7 +201,7 @@ def run_load(root: Path, workers: int, n_jobs: int, batches: int, batch_size: in
         project.mkdir(parents=True)
         (project / "handler.py").write_text(textwrap.dedent(NOOP_HANDLER))
         (project / "batchapi.yaml").write_text(textwrap.dedent(SPEC))
-    client = batchapi.client(store=str(store_dir))
+    client = batchapi.client(store=str(store_dir), cluster=cluster)
     client.deploy(project)
     store = JobStore(str(store_dir))
     submission = root / f"submission-w{workers}.json"
@@ -273,6 +306,7 @@ def summary_table(runs: list[Run], batches: int, batch_size: int) -> str:
                 f"{sum(j.doc['batch_metrics']['lost'] for j in jobs)}",
                 f"{gib(m.peak)} (+{gib(m.peak - m.baseline)} over {gib(m.baseline)} at start)",
                 f"{gib(m.peak_jobs_rss)} in {m.peak_processes} processes",
+                str(m.peak_workers),
                 f"{batches * len(jobs) / run.wall:,.0f} batches/s",
                 _false_alarms(run.jobs),
                 "all succeeded, exact metrics" if ok else "FAIL: " + "; ".join(run.problems)[:300],
@@ -288,6 +322,7 @@ def summary_table(runs: list[Run], batches: int, batch_size: int) -> str:
         "lost",
         "peak machine memory used",
         "peak RSS of the jobs' processes",
+        "peak worker processes",
         "throughput",
         "jobs shown `interrupted` while alive",
         "check",
@@ -349,9 +384,33 @@ def write_section(text: str) -> None:
     RESULTS.write_text(current.rstrip("\n") + "\n" + text)
 
 
+def latency(root: Path, repeats: int) -> list[float]:
+    """Seconds from ``client.submit`` to the first batch running, on an idle running local
+    cluster (a first job brings the local runner up)."""
+    store_dir = root / "store-latency"
+    project = root / "load-noop"
+    client = batchapi.client(store=str(store_dir), cluster="local")
+    api = client.deploy(project)
+    api.submit({"item_list": {"items": [1], "batch_size": 1}}).wait(timeout=120)
+    seconds = []
+    for i in range(repeats):
+        stamp = root / f"stamp-{i}"
+        time.sleep(1.0)  # idle
+        started = time.time()
+        sub = {"item_list": {"items": [1], "batch_size": 1}, "config": {"stamp": str(stamp)}}
+        job = api.submit(sub)
+        job.wait(timeout=60)
+        seconds.append(float(stamp.read_text().split()[0]) - started)
+    return seconds
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workers", default="1,2", help="worker counts to run, e.g. 1 or 1,2")
+    parser.add_argument("--workers", default="10", help="workers per job, e.g. 10 or 1,2")
+    parser.add_argument("--cluster", choices=["local", "existing"], default="local")
+    parser.add_argument("--existing-workers", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--latency", type=int, default=0, help="latency probes (0: none)")
     parser.add_argument("--jobs", type=int, default=10)
     parser.add_argument("--batches", type=int, default=5000)
     parser.add_argument("--batch-size", type=int, default=20)
@@ -361,14 +420,33 @@ def main() -> int:
     header = machine()
     root = Path(tempfile.mkdtemp(prefix="batchapi-load-"))
     runs: list[Run] = []
+    existing = None
+    lat: list[float] = []
     try:
+        if args.cluster == "existing":
+            from distributed import LocalCluster
+
+            existing = LocalCluster(
+                n_workers=args.existing_workers, threads_per_worker=1, dashboard_address=":0"
+            )
+        target = existing.scheduler_address if existing is not None else "local"
         for workers in counts:
-            print(f"workers={workers}: submitting {args.jobs} jobs ...", flush=True)
-            run = run_load(root, workers, args.jobs, args.batches, args.batch_size)
-            runs.append(run)
-            print(f"  wall {run.wall:.1f} s; problems: {run.problems or 'none'}", flush=True)
-            time.sleep(3)  # let the previous clusters' processes exit before the next run
+            for _ in range(args.repeats):
+                print(f"workers={workers}: submitting {args.jobs} jobs ...", flush=True)
+                run = run_load(root, workers, args.jobs, args.batches, args.batch_size, target)
+                runs.append(run)
+                print(
+                    f"  wall {run.wall:.1f} s; peak worker processes {run.memory.peak_workers}; "
+                    f"problems: {run.problems or 'none'}",
+                    flush=True,
+                )
+                time.sleep(3)
+        if args.latency:
+            lat = latency(root, args.latency)
+            print(f"latency submit -> first batch: {[round(x, 3) for x in lat]}", flush=True)
     finally:
+        if existing is not None:
+            existing.close()
         wait_for_runners(root)
         shutil.rmtree(root, ignore_errors=True)
     summary = summary_table(runs, args.batches, args.batch_size)

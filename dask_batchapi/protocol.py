@@ -142,6 +142,7 @@ class ChunkResult:
     failed_items: dict = field(default_factory=dict)  # key -> the one item of a failed batch
     metrics: list = field(default_factory=list)  # the handler's metrics_client, drained
     triggered: list[dict] = field(default_factory=list)  # jobs handler code submitted
+    foreign: bool = False  # it landed on a worker not leased to the job: nothing ran
 
 
 @dataclass

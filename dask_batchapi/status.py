@@ -92,7 +92,8 @@ class JobState:
     batch_seconds: float = 0.0  # summed handler time of finished attempts
     attempts_timed: int = 0
     in_flight: int = 0
-    workers_running: int = 0
+    workers_running: int = 0  # workers the job holds (leased to it) right now
+    queue_position: int | None = None  # waiting for a first worker: 1 = next (our extension)
     error: dict | None = None  # {"type", "message", "reason"}
     heartbeat: float | None = None
     driver: dict = field(default_factory=dict)  # host, pid
@@ -181,6 +182,7 @@ def status_document(
         mixed_versions=len(state.versions) > 1,
         worker_counts=_worker_counts(state),
         custom_metrics=state.custom_metrics,
+        queue_position=state.queue_position if not state.job_status.is_terminal else None,
         error=state.error,
         dashboard_link=state.dashboard_link,
         triggered=list(state.triggered),

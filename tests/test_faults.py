@@ -162,7 +162,9 @@ def test_job_timeout_cancels_within_seconds(marking_api, tmp_path):
     assert len(_calls(marks)) <= count + 1  # nothing keeps running
 
 
-def test_out_of_memory_ends_worker_oom(tmp_path, store_dir):
+def test_out_of_memory_ends_worker_oom(tmp_path, store_dir, monkeypatch):
+    # the shared embedded cluster is sized by batchapi.local, not by one API's compute.mem
+    monkeypatch.setenv("DASK_BATCHAPI__LOCAL__MEMORY_LIMIT", "400MiB")
     project = write_project(
         tmp_path / "hog",
         """

@@ -1,5 +1,5 @@
-"""The warm runner: a detached runner of the embedded cluster takes the next jobs of the same
-shape for ``batchapi.keep-alive`` seconds, then exits; anything else starts its own runner."""
+"""The local runner: it hosts the machine's embedded cluster and takes every next job (of the
+same environment) for ``batchapi.keep-alive`` seconds after its last one, then exits."""
 
 from __future__ import annotations
 
@@ -78,22 +78,30 @@ def test_next_job_runs_on_the_warm_runner_which_exits_when_idle(api, tmp_path, s
 
 
 def test_concurrent_jobs_share_the_warm_runner(api, tmp_path, store_dir):
-    first = _submit(tmp_path, items=20, sleep=0.1)
+    first = _submit(tmp_path, items=60, sleep=0.1)
     pid = wait_for(lambda: _state(store_dir, first).get("driver", {}).get("pid"), 30, "driver")
     wait_for(lambda: _state(store_dir, first)["status"] == "running", 30, "running")
     second = _submit(tmp_path, items=3, name="s2.json")
-    # the second job is taken at once, while the first still runs, and finishes first
+    # the second job is taken at once, on the cluster's other worker while the first still
+    # runs, and finishes first
     assert _final(store_dir, second)["driver"]["pid"] == pid
     assert _state(store_dir, first)["status"] == "running"
-    assert _final(store_dir, first)["succeeded"] == 20
+    assert _final(store_dir, first)["succeeded"] == 60
 
 
-def test_a_job_of_another_shape_starts_its_own_runner(api, tmp_path, store_dir):
+def test_a_job_asking_more_workers_runs_on_the_same_cluster_another_environment_does_not(
+    api, tmp_path, store_dir
+):
     one = _submit(tmp_path, workers=1)
     pid = _final(store_dir, one)["driver"]["pid"]
-    two = _submit(tmp_path, workers=2, name="s2.json")
-    state = _final(store_dir, two)
-    assert state["driver"]["pid"] != pid and state["workers_running"] == 2
+    two = _submit(tmp_path, workers=9, name="s2.json")  # more than the cluster has: runs anyway
+    assert _final(store_dir, two)["driver"]["pid"] == pid
+    # other settings need a driver with those settings: its own runner
+    sub = {"item_list": {"items": [1, 2], "batch_size": 1}}
+    env = {**WARM, "DASK_BATCHAPI__PREFETCH": "3"}
+    result = run_cli("submit", "warm", str(write_json(tmp_path / "s3.json", sub)), env=env)
+    assert result.returncode == 0, result.stderr
+    assert _final(store_dir, result.stdout.split()[0])["driver"]["pid"] != pid
 
 
 def test_killed_warm_runner_leaves_resumable_jobs_and_a_stale_socket_is_replaced(
@@ -145,11 +153,11 @@ def test_a_second_runner_for_a_job_already_driven_leaves_it_alone(api, tmp_path,
     import subprocess
     import sys
 
-    job = _submit(tmp_path, items=30, sleep=0.1)
+    job = _submit(tmp_path, items=80, sleep=0.1)
     wait_for(lambda: _state(store_dir, job)["status"] == "running", 30, "running")
     pid = _state(store_dir, job)["driver"]["pid"]
     cmd = [sys.executable, "-m", "dask_batchapi.driver", "--store", str(store_dir)]
     second = subprocess.run([*cmd, "warm", job], capture_output=True, text=True, timeout=60)
     assert second.returncode == 0 and "already driven" in second.stderr
     state = _final(store_dir, job)
-    assert state["driver"]["pid"] == pid and state["run"] == 1 and state["succeeded"] == 30
+    assert state["driver"]["pid"] == pid and state["run"] == 1 and state["succeeded"] == 80

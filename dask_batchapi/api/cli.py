@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from typing import Any
 
 import click
 
 from dask_batchapi.api.client import BatchClient, Job
 from dask_batchapi.api.service.command import serve
+from dask_batchapi.api.tables import api_rows, cluster_text, dead_row, job_detail, job_rows
+from dask_batchapi.api.tables import table as _table
 from dask_batchapi.errors import BatchAPIError, JobStateError
 from dask_batchapi.spec.api_spec import load_submission
-from dask_batchapi.status import JobStatus, parse_iso
+from dask_batchapi.status import JobStatus
 
 
 class _Group(click.Group):
@@ -173,32 +174,11 @@ def get(api_name: str | None, job_id: str | None, store: str | None, fmt: str) -
         _print_jobs(client, api_name, fmt)
     else:
         doc = client.get_job(api_name, job_id).status
-        _echo_json(doc) if fmt == "json" else click.echo(_job_detail(doc["job_status"]))
+        _echo_json(doc) if fmt == "json" else click.echo(job_detail(doc["job_status"]))
 
 
 def _print_apis(client: BatchClient, fmt: str) -> None:
-    rows = []
-    for api in client.list_apis():
-        if api.record.get("unreadable"):
-            rows.append(
-                {
-                    "api": api.name,
-                    "running jobs": "?",
-                    "latest job id": "-",
-                    "last update": f"unreadable: {api.record['error']}",
-                }
-            )
-            continue
-        jobs = api.jobs()
-        running = sum(1 for j in jobs if _active(j))
-        rows.append(
-            {
-                "api": api.name,
-                "running jobs": running,
-                "latest job id": jobs[0]["job_id"] if jobs else "-",
-                "last update": api.record["deployed_time"],
-            }
-        )
+    rows = api_rows(client.list_apis())
     if fmt == "json":
         _echo_json(rows)
     elif not rows:
@@ -211,117 +191,10 @@ def _print_jobs(client: BatchClient, api_name: str, fmt: str) -> None:
     jobs = client.list_jobs(api_name)
     if fmt == "json":
         _echo_json(jobs)
-        return
-    if not jobs:
+    elif not jobs:
         click.echo(f"no jobs for {api_name}")
-        return
-    click.echo(
-        _table(
-            [
-                {
-                    "job id": j["job_id"],
-                    "status": _status_text(j),
-                    "progress": f"{j['batch_metrics']['succeeded']}/{j['total_batch_count'] or '?'}",
-                    "failed": j["batch_metrics"]["failed"],
-                    "start time": j["start_time"] or "-",
-                    "duration": _duration(j),
-                }
-                for j in jobs
-            ]
-        )
-    )
-
-
-def _active(j: dict) -> bool:
-    return not j.get("unreadable") and not JobStatus(j["status"]).is_terminal
-
-
-def _status_text(j: dict) -> str:
-    return f"{j['status']} (interrupted)" if j.get("interrupted") else j["status"]
-
-
-def _duration(j: dict) -> str:
-    start = parse_iso(j.get("start_time"))
-    if start is None:
-        return "-"
-    end = parse_iso(j.get("end_time")) or time.time()
-    return f"{end - start:.1f}s"
-
-
-def _job_detail(j: dict) -> str:
-    m = j["batch_metrics"]
-    avg = m["average_time_per_batch"]
-    lines = [
-        f"job id: {j['job_id']}",
-        f"status: {_status_text(j)}",
-        f"start time: {j['start_time'] or '-'}",
-        f"end time: {j['end_time'] or '-'}",
-        f"duration: {_duration(j)}",
-        "",
-        _table(
-            [
-                {
-                    "total": j["total_batch_count"] if j["total_batch_count"] is not None else "?",
-                    "succeeded": m["succeeded"],
-                    "failed attempts": m["failed"],
-                    "dead lettered": m["dead_lettered"],
-                    "lost": m["lost"],
-                    "avg time per batch": f"{avg * 1000:.1f}ms" if avg is not None else "-",
-                }
-            ]
-        ),
-        "",
-        f"workers: {j['workers']} requested, {j['worker_counts']['running']} running",
-    ]
-    items = j.get("item_metrics")
-    if items:
-        missing = "?" if items.get("not_attempted") is None else items["not_attempted"]
-        lines.insert(
-            -1,
-            f"items: {items['succeeded']} succeeded, {items['dead_lettered']} dead-lettered, "
-            f"{missing} not attempted",
-        )
-        lines.insert(-1, "")
-    if j.get("custom_metrics"):
-        lines += ["", "custom metrics:", _table([_metric_row(m) for m in j["custom_metrics"]])]
-    lines += _trigger_lines(j)
-    if j.get("error"):
-        lines.append(f"error: {j['error'].get('message')}")
-    if j.get("interrupted"):
-        lines.append(f"the job's driver died; resume it: {j['resume_command']}")
-    return "\n".join(lines)
-
-
-def _metric_row(m: dict) -> dict:
-    tags = ",".join(f"{k}:{v}" for k, v in m["tags"].items()) or "-"
-    if m["type"] == "histogram":
-        value = f"count={m['count']} sum={m['sum']:g} min={m['min']:g} max={m['max']:g}"
     else:
-        value = f"{m['value']:g}"
-    return {"name": m["name"], "type": m["type"], "tags": tags, "value": value}
-
-
-def _trigger_lines(j: dict) -> list[str]:
-    """The jobs this one was triggered by and triggered, each with the command to see it."""
-    parent = j.get("triggered_by")
-    lines = [f"triggered by: {_job_link(parent)}"] if parent else []
-    return lines + [f"triggered: {_job_link(child)}" for child in j.get("triggered") or ()]
-
-
-def _job_link(ref: dict) -> str:
-    return (
-        f"{ref['api_name']} {ref['job_id']} (dask-batchapi get {ref['api_name']} {ref['job_id']})"
-    )
-
-
-def _table(rows: list[dict]) -> str:
-    headers = list(rows[0])
-    widths = [max(len(h), *(len(str(r[h])) for r in rows)) for h in headers]
-
-    def fmt_row(values):
-        return "   ".join(str(v).ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()  # noqa: E731
-
-    return "\n".join([fmt_row(headers), *(fmt_row([r[h] for h in headers]) for r in rows)])
+        click.echo(_table(job_rows(jobs)))
 
 
 @main.command()
@@ -395,14 +268,19 @@ def dead_letter(api_name: str, job_id: str, store: str | None, fmt: str) -> None
         click.echo("no failed batches")
     else:
         items = any("item_index" in r for r in records)  # isolated items: one row each
-        click.echo(_table([_dead_row(r, items) for r in records]))
+        click.echo(_table([dead_row(r, items) for r in records]))
 
 
-def _dead_row(record: dict, items: bool) -> dict:
-    row = {"batch id": record["batch_id"]}
-    if items:
-        row["item"] = record.get("item_index", "-")
-    return {**row, "attempts": record["attempts"], "error": record["error"][:80]}
+@main.command("cluster")
+@cluster_option
+@output_option
+def cluster_(cluster: str | None, fmt: str) -> None:
+    """Show the cluster's workers, the job holding each, and the job queue."""
+    status = BatchClient(cluster=cluster).cluster_status()
+    if fmt == "json":
+        _echo_json(status)
+        return
+    click.echo(cluster_text(status))
 
 
 @main.command()

@@ -46,7 +46,7 @@ class BatchClient(CortexClientNames):
         Store URL (local directory or fsspec URL); default from ``DASK_BATCHAPI_STORE`` or
         dask config ``batchapi.store``.
     cluster : str, Client or cluster object, optional
-        ``"local"`` (an embedded LocalCluster per job), a scheduler address, or a live
+        ``"local"`` (the machine's shared embedded LocalCluster), a scheduler address, or a live
         ``distributed.Client`` / cluster object to reuse.
     """
 
@@ -189,6 +189,15 @@ class BatchClient(CortexClientNames):
     def _target(self, cluster: Any) -> Any:
         target = cluster if cluster is not None else self.cluster
         return target if target is not None else config.cluster_target()
+
+    def cluster_status(self, cluster: Any = None) -> dict:
+        """The cluster's workers, with the job that holds each, and the jobs that hold or wait
+        for workers (held/asked counts, priority, queue position; 1 = next).
+
+        >>> batchapi.client().cluster_status()["workers"][0]          # doctest: +SKIP
+        {'address': 'tcp://127.0.0.1:40123', 'state': 'ready', 'job_id': 'e5dd...', ...}
+        """
+        return jobs.cluster_status(self._target(cluster))
 
     def logs(self, api_name: str, job_id: str) -> list[dict]:
         """Every log line of the job (all workers and the driver), parsed."""

@@ -22,7 +22,7 @@ from dask_batchapi.driver import warm as service
 from dask_batchapi.driver.launch import is_detachable
 from dask_batchapi.driver.ledger import read_dead_letter
 from dask_batchapi.driver.liveness import driver_alive, lease_busy, read_state
-from dask_batchapi.errors import JobStateError, SpecError, SubmissionError
+from dask_batchapi.errors import ClusterError, JobStateError, SpecError, SubmissionError
 from dask_batchapi.fsutil import private_runtime_dir
 from dask_batchapi.spec.api_spec import (
     Submission,
@@ -264,6 +264,31 @@ def _refuse_if_driver_alive(record: JobRecord, state: JobState) -> None:
         raise JobStateError(
             f"job {job_id} is {state.status} and its driver is alive; stop it first or wait"
         )
+
+
+def cluster_status(target: Any) -> dict:
+    """The workers of ``target``'s cluster with the job holding each, and the jobs that hold or
+    wait for workers (``scheduler``: its address; None when no local runner is up)."""
+    kind = config.cluster_kind(target)
+    if kind == "kubernetes":
+        raise ClusterError(
+            "cluster status needs a scheduler address on kubernetes "
+            "(each job has its own DaskCluster): pass --cluster tcp://..."
+        )
+    if kind == "local":
+        target = service.scheduler_address(service.service_key("local"))
+        if target is None:
+            return {"scheduler": None, "workers": [], "jobs": []}
+    from distributed import Client
+
+    from dask_batchapi.cluster.backends import client_security, driver_client
+    from dask_batchapi.driver.workers import cluster_status as lease_status
+
+    if isinstance(target, Client):
+        return {"scheduler": target.scheduler.address, **lease_status(target)}
+    security = client_security(target) if kind == "address" else None
+    with driver_client(target, security=security) as client:
+        return {"scheduler": client.scheduler.address, **lease_status(client)}
 
 
 def matched_files(submission: Submission) -> list[str]:

@@ -1,8 +1,8 @@
 """Where a job runs: thin backends that only differ where they must.
 
-* :class:`LocalBackend` — an embedded ``LocalCluster`` with exactly ``workers`` worker
-  processes, one thread each (``batchapi.local.*``), closed when its runner exits (after the
-  job, or after the jobs a warm runner took: :mod:`dask_batchapi.driver.warm`).
+* :class:`LocalBackend` — an embedded ``LocalCluster`` with ``workers`` worker processes (or
+  adaptive from ``batchapi.local.min-workers`` up to them), one thread each (``batchapi.local.*``); the local runner hosts one, shared by
+  every job of the machine (:mod:`dask_batchapi.driver.warm`), and closes it when it exits.
 * :class:`AddressBackend` — an existing scheduler (``tcp://``, ``tls://``), with dask's TLS
   settings (``distributed.comm.tls.*``) when the address is ``tls://``.
 * :class:`ClientBackend` — a ``distributed.Client`` (or cluster object) the user already has;
@@ -85,7 +85,10 @@ class LocalBackend(ClusterBackend):
     cluster: LocalCluster | None = None
 
     def _connect(self) -> Client:
-        local = {k.replace("-", "_"): v for k, v in (config.get("local") or {}).items()}
+        own = ("max-workers", "min-workers", "start-timeout")  # ours, not LocalCluster's
+        local_settings = (config.get("local") or {}).items()
+        passed = {k: v for k, v in local_settings if k.replace("_", "-") not in own}
+        local = {k.replace("-", "_"): v for k, v in passed.items()}
         local["resources"] = parse_resources(local.get("resources"), "batchapi.local.resources")
         if not local["resources"]:
             del local["resources"]
@@ -106,7 +109,12 @@ class LocalBackend(ClusterBackend):
             "distributed.worker.profile.enabled": bool(config.get("worker-profile")),
         }
         with dask.config.set(settings):  # the client's own message log included
-            self.cluster = LocalCluster(n_workers=self.workers, processes=True, **local)
+            minimum = config.get("local.min-workers")
+            adaptive = minimum is not None and int(minimum) < self.workers
+            start = int(minimum) if adaptive else self.workers
+            self.cluster = LocalCluster(n_workers=start, processes=True, **local)
+            if adaptive:  # scaled by the queue's leases (dask_batchapi.cluster.leases)
+                self.cluster.adapt(minimum=start, maximum=self.workers)
             return Client(self.cluster, set_as_default=False)
 
     def close(self) -> None:

@@ -2,15 +2,19 @@
 
 One :class:`JobDriver` runs one job (or one resumed run of it) on a ``distributed.Client``:
 
-1. registers the job's :class:`~dask_batchapi.runtime.JobPlugin` (``enqueuing``);
+1. leases workers for the job (:mod:`dask_batchapi.driver.workers`), waiting ``pending`` in
+   the cluster's job queue while none is free; each leased worker gets the job's
+   :class:`~dask_batchapi.worker.plugin.JobPlugin` (``enqueuing``);
 2. streams batch references from the source and keeps a bounded window of chunk futures in
-   flight (``running``): at most ``prefetch`` chunks per worker, so memory is O(window);
+   flight (``running``): at most ``prefetch`` chunks per leased worker, each chunk pinned to
+   one of them, so memory is O(window);
    short batches are coalesced into chunks sized from the measured time per batch;
 3. records each batch's outcome (:class:`~dask_batchapi.outcomes.BatchBook`): successes into
    the ledger, failed attempts back into the queue until spent, then the dead letter; chunks
    lost with their worker rerun without spending attempts;
 4. when every batch is final runs ``on_job_complete`` once on a worker that handled batches,
-   writes the final status, and unregisters the plugin.
+   writes the final status, and gives its workers back (idle ones as soon as it has no more
+   batches for them).
 
 Completion is detected at once: futures' done-callbacks feed a queue the driver blocks on. The
 same loop wakes at least every ``_TICK`` seconds to checkpoint, heartbeat, and look for a stop
@@ -25,13 +29,14 @@ import os
 import queue
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from distributed import Client, Future
 
 from dask_batchapi import config
-from dask_batchapi.cluster.backends import eligible_workers, missing_resources
+from dask_batchapi.cluster.backends import missing_resources
 from dask_batchapi.driver.budget import BudgetGuard, not_attempted
 from dask_batchapi.driver.init_deaths import InitDeaths
 from dask_batchapi.driver.isolation import isolation_for
@@ -40,6 +45,7 @@ from dask_batchapi.driver.log import DriverLog
 from dask_batchapi.driver.losses import RemovalHub, error_dict, lost_info, timeout_info
 from dask_batchapi.driver.outcomes import BatchBook, OutOfMemory
 from dask_batchapi.driver.store_failure import end_on_store_failure
+from dask_batchapi.driver.workers import LeaseView, WorkerLeases, idle_workers
 from dask_batchapi.errors import LeaseLost, SourceError, StoreError
 from dask_batchapi.protocol import (
     INIT_EVENT,
@@ -132,8 +138,8 @@ class JobDriver:
                 self._max_chunk, max(1, int(config.get("max-chunk-items")) // per_batch)
             )
         self._interval = float(config.get("checkpoint-interval"))
-        self.workers: list[str] = []
-        self._restrict = False
+        self.workers: list[str] = []  # the workers leased to the job, its plugin set up
+        self.leases: WorkerLeases | None = None
         self._suspect_running = False
         self._no_workers_since: float | None = None
         self._removals: queue.SimpleQueue = queue.SimpleQueue()
@@ -187,12 +193,9 @@ class JobDriver:
     # -- phases -------------------------------------------------------------------------------
     def _start(self) -> None:
         self.state.move_to(JobStatus.ENQUEUING)
-        self.state.start_time = self.state.start_time or utcnow_iso()
         self.state.driver = {"host": socket.gethostname(), "pid": os.getpid()}
         self.state.dashboard_link = getattr(self.client, "dashboard_link", None)
         self._checkpoint()
-        self.client.register_plugin(self.plugin, name=self.plugin.name)
-        self._watch_worker_removals()
         problem = missing_resources(self.client, self.resources)
         if problem:
             self.log.error(problem)
@@ -200,15 +203,37 @@ class JobDriver:
                 JobStatus.WORKER_ERROR,
                 {"type": "MissingResources", "message": problem, "reason": "resources"},
             )
+        self._lease_workers()
+        self.state.start_time = self.state.start_time or utcnow_iso()  # queued time is not run time
+        self._watch_worker_removals()
         self._refresh_workers()
         self.log.info(f"job started on {len(self.workers)} worker(s)")
         self.state.move_to(JobStatus.RUNNING)
         self._checkpoint()
 
+    def _lease_workers(self) -> None:
+        """Hold at least one worker: wait ``pending`` in the cluster's queue while none is free."""
+        self.leases = WorkerLeases(self.client, self.record, self.plugin, self.resources)
+        self.leases.wait(self._queued)
+        if self.state.job_status is JobStatus.PENDING:
+            self.state.move_to(JobStatus.ENQUEUING)
+        self.state.queue_position = None
+
+    def _queued(self, view: LeaseView) -> None:
+        position = view.queue_position
+        if position is not None and position != self.state.queue_position:
+            self.state.move_to(JobStatus.PENDING)
+            self.state.queue_position = position
+            self.log.info(f"waiting for a free worker: number {position} in the queue")
+            self._checkpoint()
+        self._no_workers_since = None  # queued is not lost
+        self.tick()  # a stop, a deadline or a deletion while queued
+
     def _dispatch_until_drained(self) -> None:
         self.tick()  # a deadline may have passed, or a stop come, while the cluster started
         while True:
             self._fill_window()
+            self._give_back_idle()
             over_budget = self.book.guard.tripped
             if not self._inflight and (over_budget or (self._source_done and not self.book.retry)):
                 return
@@ -237,8 +262,7 @@ class JobDriver:
             self.plugin.name,
             pure=False,
             resources=self.resources,
-            allow_other_workers=True,
-            workers=[self._last_worker] if self._last_worker else None,
+            workers=[self._last_worker] if self._last_worker in self.workers else self.workers,
         )
         future.add_done_callback(self._done.put)
         while not future.done():
@@ -272,15 +296,14 @@ class JobDriver:
         self._unregister()
 
     def _unregister(self) -> None:
-        try:
-            self.client.unregister_worker_plugin(self.plugin.name)
-        except Exception as exc:  # noqa: BLE001 - the cluster may already be gone
-            logger.debug("unregistering plugin of %s failed: %s", self.job_id, exc)
+        """Give the workers back (their cleanup ends first) and leave the queue."""
+        if self.leases is not None:
+            self.leases.close()
 
     # -- the window ---------------------------------------------------------------------------
     def _fill_window(self) -> None:
         limit = max(1, len(self.workers)) * self._prefetch
-        while len(self._inflight) < limit and not self._suspect_running:
+        while self.workers and len(self._inflight) < limit and not self._suspect_running:
             if self.book.suspect_next() and self._inflight:
                 return  # a memory suspect runs alone on the whole job, so blame is certain
             chunk = self._next_chunk(self._chunk_size())
@@ -340,14 +363,28 @@ class JobDriver:
         future.add_done_callback(self._done.put)
 
     def _placement(self, chunk: list[BatchRef]) -> dict:
-        """Where a chunk may run: the job's workers when it may not use them all; else the
-        worker that already holds the chunk's data, if any, as a preference."""
-        if self._restrict:
-            return {"workers": list(self.workers)}
+        """The one leased worker a chunk runs on: the one that already holds the chunk's data
+        when it has room, else the least busy. Loose: should that worker die, Dask may rerun
+        the task elsewhere instead of waiting forever for it (a result lost after it finished);
+        on a worker not leased to the job it finds no plugin and fails at once, as a loss."""
+        load = self._load()
         preferred = self._locate(chunk[0]) if self._locate else None
-        if preferred in self.workers:
-            return {"workers": [preferred], "allow_other_workers": True}
-        return {}
+        if not (preferred in self.workers and load[preferred] < self._prefetch):
+            preferred = min(self.workers, key=lambda w: load[w])
+        return {"workers": [preferred], "allow_other_workers": True}
+
+    def _load(self) -> Counter:
+        """Chunks in flight per worker."""
+        return Counter(w for key in self._inflight for w in self._restrictions.get(key, ()))
+
+    def _give_back_idle(self) -> None:
+        """No more batches to send: give back the workers that run none of ours."""
+        if not self._source_done or self.book.retry or self.leases is None:
+            return
+        idle = idle_workers(self.workers, self._load(), self._last_worker)
+        if idle:
+            self.leases.release(idle)
+            self.workers = [w for w in self.workers if w not in idle]
 
     def _wait(self, timeout: float) -> list[Future]:
         try:
@@ -413,6 +450,8 @@ class JobDriver:
                 self.book.failed(by_key[outcome.key], outcome.error, item)
         for key in result.not_run:
             self.book.retry.append(by_key[key])
+        if result.foreign:  # its worker is gone: look at the leases before the retry
+            self._refresh_workers()
 
     def _init_failed(self, error: BatchError) -> None:
         """``Handler.__init__`` (or installing the project's dependencies) failed: the end."""
@@ -542,20 +581,15 @@ class JobDriver:
         self._next_checkpoint = time.time() + self._interval
 
     def _refresh_workers(self) -> None:
-        """The workers this job may use: at most ``workers`` of the cluster's.
-
-        Tasks carry worker restrictions only when the cluster has more workers than the job
-        may use: a task restricted to workers that all died would wait forever.
-        """
-        info = self.client.scheduler_info(n_workers=-1).get("workers", {})
-        alive = eligible_workers(info, self.resources)  # sorted; all of them without resources
-        wanted = self.record.workers
-        keep = [w for w in self.workers if w in alive]
-        keep += [w for w in alive if w not in keep][: max(0, wanted - len(keep))]
-        gone = set(self.workers) - set(keep)
-        self.workers, self._restrict = keep, len(alive) > wanted
+        """The workers leased to this job (more when others freed up); chunks pinned to one
+        that is gone are queued again."""
+        if self.leases is None:
+            return
+        gone = set(self.workers)
+        self.workers = self.leases.poll().ready
+        gone -= set(self.workers)
         if gone:
-            self._resubmit_orphans(set(keep))
+            self._resubmit_orphans(set(self.workers))
 
     def _resubmit_orphans(self, alive: set[str]) -> None:
         """Queue again the chunks still waiting for workers that are gone."""
@@ -583,7 +617,8 @@ class JobDriver:
         if not futures:
             return
         try:
-            self.client.run(cancel_job, self.plugin.name)
+            if self.workers:
+                self.client.run(cancel_job, self.plugin.name, workers=self.workers)
             self.client.cancel(futures, force=True)
         except Exception as exc:  # noqa: BLE001 - the cluster may already be gone
             logger.debug("cancelling futures of %s failed: %s", self.job_id, exc)

@@ -28,18 +28,31 @@ logger = logging.getLogger(__name__)
 def launch_detached(store: JobStore, record: JobRecord, cluster: str) -> int:
     """Start the job's driver in its own session; returns its pid. The caller may exit.
 
-    On the embedded cluster or a scheduler address, a runner kept warm for jobs like this one
-    takes it instead (:mod:`dask_batchapi.driver.warm`): no new process, no new cluster."""
-    api_name, job_id = record.api_name, record.job_id
-    pid = hand_off_child(store.url, record, cluster)  # from handler code: the parent's runner
+    On the embedded cluster the machine's local runner takes it
+    (:mod:`dask_batchapi.driver.warm`), started first if none runs, under a lock: never a
+    second cluster. On a scheduler address a runner kept warm takes it, if one runs. A job
+    submitted from handler code goes to the runner of its parent's cluster first."""
+    pid = hand_off_child(store.url, record, cluster)
     if pid is not None:
         return pid
-    if warm.serves(cluster):
-        compute = store.get_api(api_name)["spec"].get("compute")
-        key = warm.service_key(cluster, record.workers, compute)
-        pid = warm.hand_off(key, store.url, api_name, job_id)
+    if not warm.serves(cluster):
+        return _spawn(store, record, cluster).pid
+    compute = store.get_api(record.api_name)["spec"].get("compute")
+    key = warm.service_key(cluster, record.workers, compute)
+    pid = warm.hand_off(key, store.url, record.api_name, record.job_id)
+    if pid is not None or cluster != "local":
+        return pid if pid is not None else _spawn(store, record, cluster).pid
+    with warm.start_lock(key):
+        pid = warm.hand_off(key, store.url, record.api_name, record.job_id)
         if pid is not None:
             return pid
+        proc = _spawn(store, record, cluster)
+        wait = float(config.get("local.start-timeout"))
+        warm.wait_listening(key, lambda: proc.poll() is None, wait)
+        return proc.pid
+
+
+def _spawn(store: JobStore, record: JobRecord, cluster: str) -> subprocess.Popen:
     log_dir = private_runtime_dir("dask-batchapi-runners")
     cmd = [
         sys.executable,
@@ -49,10 +62,10 @@ def launch_detached(store: JobStore, record: JobRecord, cluster: str) -> int:
         store.url,
         "--cluster",
         cluster,
-        api_name,
-        job_id,
+        record.api_name,
+        record.job_id,
     ]
-    with open_private_log(log_dir / f"{job_id}.log") as out:
+    with open_private_log(log_dir / f"{record.job_id}.log") as out:
         proc = subprocess.Popen(  # noqa: S603 - our own module
             cmd,
             stdin=subprocess.DEVNULL,
@@ -63,7 +76,7 @@ def launch_detached(store: JobStore, record: JobRecord, cluster: str) -> int:
             cwd=launch_cwd(),
         )
     processes.detached(proc.pid)  # started from handler code, it outlives the parent job
-    return proc.pid
+    return proc
 
 
 def is_detachable(target: Any) -> bool:

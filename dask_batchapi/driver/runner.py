@@ -2,9 +2,10 @@
 
 ``python -m dask_batchapi.driver --store URL --cluster TARGET API JOB_ID`` — started by
 ``submit`` / ``resume`` in its own session, so the job outlives the terminal or kernel that
-submitted it. It exits when the job reaches a final status, or — for the embedded cluster or a
-scheduler address, with ``batchapi.keep-alive`` > 0 — after serving the next jobs of the same
-shape until idle that long (:mod:`dask_batchapi.driver.warm`).
+submitted it. It exits when the job reaches a final status, or — for the embedded cluster, and
+for a scheduler address with ``batchapi.keep-alive`` > 0 — after serving the next jobs until
+idle that long (:mod:`dask_batchapi.driver.warm`). For ``local`` it is the machine's local
+runner: it hosts the one shared embedded cluster.
 """
 
 from __future__ import annotations
@@ -223,12 +224,15 @@ def _taken(store: JobStore, api_name: str, job_id: str) -> bool:
 
 
 def serve(store_url: str, target: str, api_name: str, job_id: str) -> None:
-    """Run the job, then keep its cluster (embedded) or connection (address) warm for the next
-    jobs of the same shape (:mod:`dask_batchapi.driver.warm`), until idle for ``keep-alive`` s."""
+    """Run the job, then keep the cluster (embedded: the machine's shared one, sized
+    ``local.max-workers``) or connection (address) warm for the next jobs
+    (:mod:`dask_batchapi.driver.warm`), until idle for ``keep-alive`` s."""
     store = JobStore(store_url)
     record = store.get_job(api_name, job_id)
     compute = store.get_api(api_name)["spec"].get("compute")
     workers = record.workers
+    if target == "local":  # shared by every job: its own size, no job's compute.mem
+        workers, compute = service.local_size(), None
     # before the embedded cluster sets OMP_NUM_THREADS & co in this process' environment
     key = service.service_key(target, workers, compute)
     pulse = Pulse(store, api_name, job_id)  # the job's heartbeat while the cluster starts
@@ -254,7 +258,7 @@ def serve(store_url: str, target: str, api_name: str, job_id: str) -> None:
         thread.start()
         return thread
 
-    server = service.Service(key, workers if target == "local" else 0, start, client)
+    server = service.Service(key, 1 if target == "local" else 0, start, client)
     try:
         bound = server.bind()
         threads.append(start(store_url, api_name, job_id))

@@ -1,24 +1,30 @@
-"""A warm embedded cluster: the detached runner stays up a while and takes the next jobs.
+"""The local runner: one long-lived process that hosts the machine's embedded cluster.
 
-Starting Python, importing distributed and starting a ``LocalCluster`` costs 1.5–3 s; the
-driver itself needs milliseconds. So a runner of the embedded cluster (``cluster: local``)
-listens on a Unix socket while it runs and for ``batchapi.keep-alive`` seconds after its last
-job, and ``submit``/``resume`` hand it their job instead of starting another process: the next
-job's first batch runs well within a second of the command.
+``cluster: local`` means one shared ``LocalCluster`` per user (and interpreter and
+environment), of ``batchapi.local.max-workers`` worker processes (default: the CPU count), one
+thread each, hosted by one runner. ``submit``/``resume`` hand it their job over a Unix socket;
+it drives each job on a thread of its own, and the cluster's worker leases
+(:mod:`dask_batchapi.cluster.leases`) give each job its own workers and queue the rest. Only
+when no runner answers does a submit start one, under a file lock, and waits until it listens:
+concurrent cold submits never start a second cluster. The runner stays up
+``batchapi.keep-alive`` seconds after its last job (0: it exits when idle).
 
-A service only takes jobs that would have started the very same cluster: the socket's name is
-a hash of the Python executable, the environment, the worker count, ``compute.mem`` and the
-``batchapi.local`` settings. Anything else (or no service, or one that is going away) starts a
-new runner, as before. Jobs of one service share its workers, as on any shared cluster; each
-still has its own driver thread, plugin, heartbeat, ledger and status.
+A scheduler address gets a warm runner too (with ``keep-alive`` > 0): it keeps its connection
+open for the next jobs on that scheduler. A runner only takes jobs of its own shape: the
+socket's name is a hash of the Python executable, the environment and the target (for
+``local``, the ``batchapi.local`` settings). A job from an environment that differs (another
+``DASK_BATCHAPI__*`` setting, say) needs a driver with those settings, so it gets its own
+runner, and, on ``local``, its own cluster.
 
 Protocol: the client connects, sends one JSON line ``{"store", "api", "job"}``; the service
 answers one JSON line ``{"pid"}`` once the job's driver thread has started, or ``{"error"}``.
+``{"query": "address"}`` asks for the scheduler address of its cluster (``cluster_status``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -27,6 +33,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,20 +56,50 @@ def keep_alive() -> float:
 
 
 def serves(target: Any) -> bool:
-    """Whether jobs on ``target`` use warm runners: the embedded cluster and scheduler
-    addresses, when ``keep-alive`` is on."""
-    return keep_alive() > 0 and config.cluster_kind(target) in ("local", "address")
+    """Whether jobs on ``target`` go to a runner service: always on the embedded cluster (one
+    per machine), and on scheduler addresses when ``keep-alive`` is on."""
+    kind = config.cluster_kind(target)
+    return kind == "local" or (kind == "address" and keep_alive() > 0)
+
+
+def local_size() -> int:
+    """Worker processes of the embedded cluster: ``batchapi.local.max-workers`` or the CPUs."""
+    return int(config.get("local.max-workers") or os.cpu_count() or 1)
 
 
 def service_key(target: str, workers: int = 1, compute: dict | None = None) -> str:
     """Which runner a job needs, as a short hash (the service's socket name): the same
     interpreter and environment, and the same scheduler address, or for the embedded cluster
-    the same worker count, ``compute.mem`` and ``batchapi.local`` settings."""
+    the same ``batchapi.local`` settings (``workers`` and ``compute`` no longer matter: the
+    cluster is shared, sized by ``max-workers``)."""
     env = {k: v for k, v in os.environ.items() if k not in _VOLATILE_ENV}
     shape = [sys.executable, sorted(env.items()), target]
     if target == "local":
-        shape += [int(workers), (compute or {}).get("mem"), config.get("local")]
+        shape += [config.get("local")]
     return hashlib.sha256(json.dumps(shape, default=str).encode()).hexdigest()[:20]
+
+
+@contextlib.contextmanager
+def start_lock(key: str) -> Iterator[None]:
+    """Held while a submit looks for the runner of ``key`` and, if none, starts one."""
+    path = socket_path(key).with_suffix(".lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def wait_listening(key: str, alive: Any, timeout: float) -> bool:
+    """Wait until the runner of ``key`` listens; False if ``alive()`` turns false or time runs
+    out first (the runner then reports the job's failure itself)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and alive():
+        if answers(key):
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def answers(key: str) -> bool:
@@ -88,22 +125,32 @@ def hand_off(key: str, store_url: str, api_name: str, job_id: str) -> int | None
 
 def hand_off_to(path: Path, store_url: str, api_name: str, job_id: str) -> int | None:
     """Give a job to the service listening at ``path`` (see :func:`hand_off`)."""
+    answer = _ask(path, {"store": store_url, "api": api_name, "job": job_id})
+    pid = answer.get("pid")
+    return int(pid) if pid else None
+
+
+def scheduler_address(key: str) -> str | None:
+    """The scheduler address of the runner of ``key`` (its cluster), None if none runs."""
+    answer = _ask(socket_path(key), {"query": "address"})
+    return answer.get("address")
+
+
+def _ask(path: Path, request: dict) -> dict:
+    """One request to the runner listening at ``path``, if it is this user's (SO_PEERCRED)."""
     if not path.exists():
-        return None
+        return {}
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(_HANDOFF_TIMEOUT)
             sock.connect(str(path))
             if not _ours(sock):
-                return None
-            request = {"store": store_url, "api": api_name, "job": job_id}
+                return {}
             sock.sendall(json.dumps(request).encode() + b"\n")
-            answer = json.loads(_read_line(sock) or b"{}")
+            return json.loads(_read_line(sock) or b"{}")
     except (OSError, ValueError) as exc:
         logger.debug("no warm service at %s: %s", path, exc)
-        return None
-    pid = answer.get("pid")
-    return int(pid) if pid else None
+        return {}
 
 
 def _ours(sock: socket.socket) -> bool:
@@ -180,6 +227,10 @@ class Service:
             if not line:
                 return None  # a liveness probe (another runner's bind)
             request = json.loads(line)
+            if request.get("query") == "address":
+                address = self.client.scheduler.address
+                conn.sendall(json.dumps({"address": address}).encode() + b"\n")
+                return None
             if not self._healthy():
                 conn.sendall(b'{"error": "cluster unhealthy"}\n')
                 self.close()  # new jobs go to a new runner from now on

@@ -142,6 +142,7 @@ class JobRecord:
             "dead_letter": data.get("dead_letter") or {"max_receive_count": sub.max_receive_count},
             "output": sub.output,
             "batch_timeout": sub.batch_timeout,
+            "priority": sub.priority,
             "source": sub.source_kind,
             sub.source_kind: summary,
             "cluster": self.cluster,
@@ -213,6 +214,7 @@ _DERIVED = {
     "file_path_lister",
     "delimited_files",
     "error_budget",
+    "priority",
 }
 
 

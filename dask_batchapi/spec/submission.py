@@ -79,7 +79,7 @@ _SOURCES = {
 _SUBMISSION_KEYS = [
     *_SOURCES,
     *("workers", "config", "timeout", "dead_letter", "sqs_dead_letter_queue"),
-    *("output", "batch_timeout", "node_groups", "error_budget"),
+    *("output", "batch_timeout", "node_groups", "error_budget", "priority"),
 ]
 
 
@@ -95,6 +95,7 @@ class Submission:
     dead_letter_arn: str | None = None
     output: str | None = None
     batch_timeout: float | None = None
+    priority: int = 0  # our extension: queued jobs get free workers higher first, then oldest
     isolate_items: bool | None = None  # None: the config's batchapi.isolate-items
     error_budget: ErrorBudget | None = None
 
@@ -130,6 +131,8 @@ class Submission:
         if self.error_budget is not None:
             extras["error_budget"] = self.error_budget.to_dict()
         data.update({k: v for k, v in extras.items() if v is not None})
+        if self.priority:
+            data["priority"] = self.priority
         return data
 
 
@@ -214,6 +217,7 @@ def _parse_submission(data: Any, where: str) -> Submission:
         batch_timeout=_optional(data, "batch_timeout", positive_number),
         isolate_items=isolate,
         error_budget=_optional(data, "error_budget", lambda v, _: parse_error_budget(v)),
+        priority=_priority(data.get("priority", 0)),
     )
 
 
@@ -225,6 +229,12 @@ def check_new_items(submission: Submission) -> None:
             check_item_ids(submission.source.items, submission.id_key)
         except Invalid as error:
             raise SubmissionError(str(error)) from None
+
+
+def _priority(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Invalid(f"priority must be an integer (higher runs first), got {show(value)}")
+    return value
 
 
 def submission_from_dict(d: dict) -> Submission:

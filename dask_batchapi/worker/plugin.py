@@ -70,6 +70,7 @@ class JobPlugin(WorkerPlugin):
         self._watchdog: BatchWatchdog | None = None
         self._bound: tuple | None = None
         self._worker: Any = None
+        self.cleaned = threading.Event()  # set once teardown's cleanup has ended (leases wait)
 
     def __getstate__(self) -> dict:
         return {"context": self.context, "archive": self.archive, "name": self.name}
@@ -112,6 +113,12 @@ class JobPlugin(WorkerPlugin):
             threading.Thread(target=self._cleanup, name=name, daemon=True).start()
 
     def _cleanup(self) -> None:
+        try:
+            self._clean()
+        finally:
+            self.cleaned.set()
+
+    def _clean(self) -> None:
         self.handler = None
         if self.host is not None:
             self.host.cleanup()
@@ -261,7 +268,11 @@ def run_chunk_task(name: str, packed: bytes) -> ChunkResult:
 
     The chunk arrives pickled (:func:`~dask_batchapi.protocol.pack_chunk`): the scheduler then
     handles one bytes object, never the items, and a message it keeps in its log is compact."""
-    return _plugin(name).run_chunk(unpack_chunk(packed))
+    plugin = get_worker().plugins.get(name)
+    refs = unpack_chunk(packed)
+    if plugin is None:  # a worker not leased to the job (its own died): nothing of it runs here
+        return ChunkResult(worker="", pid=os.getpid(), not_run=[r.key for r in refs], foreign=True)
+    return plugin.run_chunk(refs)
 
 
 def run_complete_task(name: str) -> CompletionResult:
