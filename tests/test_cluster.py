@@ -235,3 +235,13 @@ def test_gpu_job_without_gpu_workers_ends_at_once_with_a_clear_error(gpu_api):
     error = job.status["job_status"]["error"]
     assert "no worker of the cluster has the resources GPU=1" in error["message"]
     assert job.status["job_status"]["batch_metrics"]["succeeded"] == 0
+
+
+def test_local_backend_takes_its_settings_as_arguments():
+    """dask-jobqueue's pattern: arguments first, dask config ``batchapi.local`` otherwise."""
+    backend = LocalBackend(1, local={"memory-limit": "300MiB", "dashboard-address": None})
+    with backend as client:
+        (info,) = client.scheduler_info(n_workers=-1)["workers"].values()
+        assert info["memory_limit"] == 300 * 2**20
+        assert info["host"] == "127.0.0.1"  # loopback unless opened explicitly
+    assert backend.worker_profile is False  # batchapi.worker-profile's default

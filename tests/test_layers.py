@@ -120,7 +120,7 @@ def test_the_checker_finds_a_circle():
     assert _cycle({"a": {"b"}, "b": set()}) is None
 
 
-_SPLIT_PENDING = {"driver/driver.py"}
+_SPLIT_PENDING: set[str] = set()  # modules allowed past the limit while being split
 
 
 @pytest.mark.parametrize("limit", [400])

@@ -79,15 +79,34 @@ class ClusterBackend:
 
 
 class LocalBackend(ClusterBackend):
-    """An embedded LocalCluster with exactly ``workers`` worker processes."""
+    """An embedded LocalCluster of ``workers`` worker processes, one thread each.
+
+    ``local`` (the ``batchapi.local`` settings: host, memory limit, resources, min-workers...)
+    and ``worker_profile`` are arguments whose defaults come from dask config, as in
+    dask-jobqueue: ``LocalBackend(2, local={"memory-limit": "1GiB"})``.
+    """
 
     description = "the embedded LocalCluster"
     cluster: LocalCluster | None = None
 
+    def __init__(
+        self,
+        workers: int = 1,
+        compute: dict | None = None,
+        job: dict | None = None,
+        *,
+        local: dict | None = None,
+        worker_profile: bool | None = None,
+    ):
+        super().__init__(workers, compute, job)
+        self.local = dict(config.get("local") or {}) if local is None else dict(local)
+        if worker_profile is None:
+            worker_profile = bool(config.get("worker-profile"))
+        self.worker_profile = worker_profile
+
     def _connect(self) -> Client:
         own = ("max-workers", "min-workers", "start-timeout")  # ours, not LocalCluster's
-        local_settings = (config.get("local") or {}).items()
-        passed = {k: v for k, v in local_settings if k.replace("_", "-") not in own}
+        passed = {k: v for k, v in self.local.items() if k.replace("_", "-") not in own}
         local = {k.replace("-", "_"): v for k, v in passed.items()}
         local["resources"] = parse_resources(local.get("resources"), "batchapi.local.resources")
         if not local["resources"]:
@@ -106,10 +125,10 @@ class LocalBackend(ClusterBackend):
             "distributed.admin.low-level-log-length": 64,
             # the statistical profiler samples every task thread each 10 ms: ~4 % of a 2-core
             # machine's CPU taken from the handlers (benchmarks/FINDINGS.md)
-            "distributed.worker.profile.enabled": bool(config.get("worker-profile")),
+            "distributed.worker.profile.enabled": self.worker_profile,
         }
         with dask.config.set(settings):  # the client's own message log included
-            minimum = config.get("local.min-workers")
+            minimum = self.local.get("min-workers", self.local.get("min_workers"))
             adaptive = minimum is not None and int(minimum) < self.workers
             start = int(minimum) if adaptive else self.workers
             self.cluster = LocalCluster(n_workers=start, processes=True, **local)

@@ -29,9 +29,21 @@ from dask_batchapi.driver.ledger import Checkpointer, ref_to_dict
 from dask_batchapi.driver.log import DriverLog
 from dask_batchapi.protocol import batch_id_for
 from dask_batchapi.sources.batches import BatchRef
-from dask_batchapi.status import JobState, utcnow_iso
+from dask_batchapi.status import JobState, JobStatus, utcnow_iso
 
 logger = logging.getLogger(__name__)
+
+
+class JobEnded(Exception):
+    """Raised inside the loop to end the job early with ``status``."""
+
+    def __init__(self, status: JobStatus, error: dict | None = None):
+        super().__init__(status.value)
+        self.status, self.error = status, error
+
+
+class JobDeleted(Exception):
+    """The job was deleted from the store while it ran: end without writing anything."""
 
 
 class OutOfMemory(Exception):

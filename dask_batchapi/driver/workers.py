@@ -125,3 +125,74 @@ def cluster_status(client: Client) -> dict:
     """The workers of ``client``'s cluster with the job holding each, and the job queue."""
     ensure_lease_table(client)
     return client.sync(client.scheduler.batchapi_lease_status)
+
+
+class WorkerSet:
+    """The workers one job holds, and which of them each chunk in flight was pinned to.
+
+    Each chunk is pinned to one leased worker: the one that already holds its data (delimited
+    files indexed there) when it has room, else the least busy. The pin is loose: should that
+    worker die, Dask may rerun the task elsewhere instead of waiting forever for a result lost
+    after it finished; on a worker not leased to the job the task finds no plugin and returns
+    its batches unrun.
+    """
+
+    def __init__(self, leases: WorkerLeases, prefetch: int, no_workers_timeout: float):
+        self.leases, self.prefetch = leases, prefetch
+        self.no_workers_timeout = no_workers_timeout
+        self.workers: list[str] = []  # leased to the job, its plugin set up there
+        self._pins: dict[str, str] = {}  # chunk key -> worker
+        self._none_since: float | None = None
+
+    def __len__(self) -> int:
+        return len(self.workers)
+
+    def __contains__(self, worker: object) -> bool:
+        return worker in self.workers
+
+    def place(self, preferred: str | None) -> dict:
+        """Where the next chunk runs (``client.submit`` keywords)."""
+        load = self.load()
+        if not (preferred in self.workers and load[preferred] < self.prefetch):
+            preferred = min(self.workers, key=lambda w: load[w])
+        return {"workers": [preferred], "allow_other_workers": True}
+
+    def pinned(self, key: str, where: dict) -> None:
+        self._pins[key] = where["workers"][0]
+
+    def unpinned(self, key: str) -> None:
+        self._pins.pop(key, None)
+
+    def load(self) -> Counter:
+        """Chunks in flight per worker."""
+        return Counter(self._pins.values())
+
+    def refresh(self) -> set[str]:
+        """Follow the lease table (more workers when others freed up); the workers gone."""
+        gone = set(self.workers)
+        self.workers = self.leases.poll().ready
+        return gone - set(self.workers)
+
+    def orphaned(self, keys: list[str]) -> list[str]:
+        """Of the chunk ``keys``, those pinned to a worker the job no longer holds."""
+        return [k for k in keys if k in self._pins and self._pins[k] not in self.workers]
+
+    def give_back_idle(self, keep: str | None) -> None:
+        """No more batches to send: give back the workers that run none of the job's."""
+        idle = idle_workers(self.workers, self.load(), keep)
+        if idle:
+            self.leases.release(idle)
+            self.workers = [w for w in self.workers if w not in idle]
+
+    def lost_all_for(self, now: float) -> float | None:
+        """Seconds the job has held no worker, once past ``no_workers_timeout`` (else None)."""
+        if self.workers:
+            self._none_since = None
+            return None
+        self._none_since = self._none_since or now
+        waited = now - self._none_since
+        return waited if waited > self.no_workers_timeout else None
+
+    def waiting(self) -> None:
+        """The job waits in the queue: that is not having lost its workers."""
+        self._none_since = None
