@@ -1,9 +1,9 @@
 """A real S3 server for the test suite: moto's server in a subprocess, shared by the session.
 
-``tests/conftest.py`` re-exports these fixtures (``from s3_fixtures import *``); test modules
-that want to say where a fixture comes from import it explicitly::
-
-    from s3_fixtures import put_objects, s3_bucket, s3_server  # noqa: F401
+``tests/conftest.py`` re-exports these fixtures (``from s3_fixtures import *``). Test modules
+import only the helpers (``from s3_fixtures import put_objects``), never the fixtures: a fixture
+imported into a module is a second definition there, which would start a second server for the
+session and point ``AWS_ENDPOINT_URL`` at it under every other module's buckets.
 
 The server's endpoint and dummy credentials are exported into ``os.environ`` for the whole
 session, so subprocesses (CLI runs, detached job drivers, Dask workers) reach the same server
@@ -111,9 +111,15 @@ def _export(values: Mapping[str, str | None]) -> dict[str, str | None]:
     return previous
 
 
+_SESSION: list[S3Server] = []  # the one server of this test session
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory) -> Iterator[S3Server]:
     """A running S3 server; its endpoint and dummy credentials are in ``os.environ``."""
+    if _SESSION:  # a second definition of the fixture (imported into a module): one server
+        yield _SESSION[0]
+        return
     process = None
     endpoint_url = os.environ.get(_ENDPOINT_OVERRIDE)
     if endpoint_url:
@@ -130,9 +136,11 @@ def s3_server(tmp_path_factory) -> Iterator[S3Server]:
         **dict.fromkeys(_SHADOWING_VARS),
     }
     previous = _export(env)
+    _SESSION.append(S3Server(endpoint_url))
     try:
-        yield S3Server(endpoint_url)
+        yield _SESSION[0]
     finally:
+        _SESSION.clear()
         _export(previous)
         if process is not None:
             _stop(process)

@@ -26,7 +26,7 @@ METRICS_HANDLER = """
             self.metrics.increment("handlers")
 
         def handle_batch(self, payload, batch_id):
-            time.sleep(0.05)
+            time.sleep(0.2)  # long enough that the second leased worker joins under load
             for x in payload:
                 self.metrics.increment(metric="items", value=1, tags={"model": "v1"})
                 self.metrics.histogram(metric="size", value=x, tags={"model": "v1"})

@@ -39,7 +39,6 @@ import yaml
 from conftest import ROOT, write_project
 from dask_kubernetes.constants import VALID_CLUSTER_NAME
 from distributed import LocalCluster
-from s3_fixtures import s3_bucket, s3_server  # noqa: F401 - fixtures
 
 import dask_batchapi as batchapi
 from dask_batchapi.cluster import kubernetes as k8s

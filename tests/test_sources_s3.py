@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from s3_fixtures import put_objects, s3_bucket, s3_server  # noqa: F401
+from s3_fixtures import put_objects
 
 from dask_batchapi.errors import SourceError
 from dask_batchapi.sources.batches import (

@@ -96,7 +96,8 @@ def _active(j: dict) -> bool:
 
 def _workers_text(j: dict) -> str:
     """Held/asked workers of a job: the cluster may give it fewer than it asked for."""
-    return f"{j['worker_counts']['running']}/{j['workers']}"
+    held = (j.get("worker_counts") or {}).get("running", "?")
+    return f"{held}/{j.get('workers', '?')}"
 
 
 def _status_text(j: dict) -> str:
