@@ -63,3 +63,16 @@ def test_driver_settings_are_arguments_that_fall_back_to_config():
     assert isinstance(settings.checkpoint_interval, float)
     with pytest.raises(TypeError, match="unknown driver settings: prefetchh"):
         DriverSettings.resolve(prefetchh=2)
+
+
+def test_a_job_with_nothing_left_to_send_keeps_one_idle_worker():
+    """Giving back every idle worker while another is busy stranded the job when the busy one
+    died (its chunks came back with no worker left to run them: test_multihost's link cut)."""
+    from collections import Counter
+
+    from dask_batchapi.driver.workers import idle_workers
+
+    assert idle_workers(["a", "b"], Counter({"b": 2}), keep="a") == []
+    assert idle_workers(["a", "b", "c"], Counter({"c": 1}), keep="b") == ["a"]
+    assert idle_workers(["a", "b"], Counter(), keep="z") == ["b"]
+    assert idle_workers([], Counter(), keep=None) == []

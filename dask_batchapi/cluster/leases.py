@@ -65,7 +65,11 @@ class LeaseJob:
 
     @property
     def wants(self) -> int:
-        return 0 if self.draining else max(0, self.asked - len(self.held))
+        """Workers it would take now: none while draining, unless it holds none at all (a
+        worker it kept died, and batches came back to run)."""
+        if self.draining and self.held:
+            return 0
+        return max(0, self.asked - len(self.held))
 
 
 class LeasePlugin(SchedulerPlugin):

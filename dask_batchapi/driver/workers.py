@@ -105,11 +105,16 @@ class WorkerLeases:
 
 def idle_workers(workers: list[str], busy: Counter, keep: str | None) -> list[str]:
     """The workers a job with no more batches to send gives back: those running none of its
-    batches, but one (``keep`` when it can) stays for retries and ``on_job_complete``."""
+    batches, but one idle worker (``keep`` when it can) always stays, for retries, chunks that
+    a busy worker may still lose, and ``on_job_complete``.
+
+    >>> idle_workers(["a", "b", "c"], Counter({"c": 1}), keep="b")
+    ['a']
+    """
     idle = [w for w in workers if busy[w] == 0]
-    if len(idle) < len(workers):  # the busy ones stay
-        return idle
-    stay = keep if keep in workers else workers[0] if workers else None
+    if not idle:
+        return []
+    stay = keep if keep in idle else idle[0]
     return [w for w in idle if w != stay]
 
 
