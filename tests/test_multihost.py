@@ -190,7 +190,7 @@ def test_job_runs_across_two_worker_hosts(tmp_path):
         submission = {
             "workers": 2,
             "item_list": {"items": list(range(20)), "batch_size": 2},
-            "config": {"sleep": 0.1, "trace": str(tmp_path / "trace.jsonl")},
+            "config": {"sleep": 0.4, "trace": str(tmp_path / "trace.jsonl")},
             "output": str(out),
         }
         started = time.monotonic()
@@ -200,7 +200,8 @@ def test_job_runs_across_two_worker_hosts(tmp_path):
         assert status["batch_metrics"]["succeeded"] == 10
         values = read_parts(out, status["job_id"])
         assert sorted(x for v in values for x in v["items"]) == list(range(20))
-        # batches ran on both worker hosts: two namespaces, two addresses, two processes
+        # batches ran on both worker hosts: two namespaces, two addresses, two processes (a job
+        # starts on its first leased worker: batches last long enough for the second to join)
         assert {v["netns"] for v in values} == {cluster.netns_id(h) for h in WORKERS}
         hosts = {v["worker"].rsplit(":", 1)[0] for v in values}
         assert hosts == {f"tcp://{HOSTS[h]}" for h in WORKERS}
