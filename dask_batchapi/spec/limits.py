@@ -76,31 +76,56 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
 
 
 def json_problem(value: Any, where: str) -> str | None:
-    """Why ``value`` is not strict JSON (naming the place, e.g. ``items[3].a``), or None."""
-    stack: list[tuple[Any, str, int]] = [(value, where, 0)]
-    while stack:
-        v, at, depth = stack.pop()
-        if depth > MAX_DEPTH:
-            return f"{at} is nested deeper than {MAX_DEPTH} levels"
-        if v is None or isinstance(v, bool | str):
-            continue
-        if isinstance(v, int):
-            if v.bit_length() > _MAX_INT_BITS:
-                return f"{at} is an integer of more than 4300 digits"
-            continue
-        if isinstance(v, float):
-            if not math.isfinite(v):
-                return f"{at} is {v!r}, which strict JSON cannot hold"
-            continue
-        if isinstance(v, list | tuple):
-            stack.extend((x, f"{at}[{i}]", depth + 1) for i, x in enumerate(v))
-        elif isinstance(v, dict):
-            for key, x in v.items():
-                if not isinstance(key, str):
-                    return f"{at} has the key {key!r} ({type(key).__name__}); JSON keys are strings"
-                stack.append((x, f"{at}.{key}", depth + 1))
-        else:
-            return f"{at} is a {type(v).__name__}, which JSON cannot hold"
+    """Why ``value`` is not strict JSON (naming the place, e.g. ``items[3].a``), or None.
+
+    The place is built only when there is something to report, so memory stays O(depth) and
+    time O(values) for an item list of any size.
+
+    >>> json_problem({"a": [1, float("nan")]}, "items[0]")
+    'items[0].a[1] is nan, which strict JSON cannot hold'
+    """
+    found = _problem(value, 0)
+    if found is None:
+        return None
+    parts, message = found
+    return f"{where}{''.join(reversed(parts))} {message}"
+
+
+def _problem(v: Any, depth: int) -> tuple[list[str], str] | None:
+    """``(path parts, innermost first; message)`` of the first problem in ``v``, or None."""
+    kind = type(v)
+    if v is None or kind is str or kind is bool:
+        return None
+    if kind is int or isinstance(v, int):
+        return (
+            ([], "is an integer of more than 4300 digits")
+            if v.bit_length() > _MAX_INT_BITS
+            else None
+        )
+    if isinstance(v, float):
+        return None if math.isfinite(v) else ([], f"is {v!r}, which strict JSON cannot hold")
+    if isinstance(v, str):
+        return None
+    if not isinstance(v, list | tuple | dict):
+        return [], f"is a {type(v).__name__}, which JSON cannot hold"
+    if depth >= MAX_DEPTH:
+        return [], f"is nested deeper than {MAX_DEPTH} levels"
+    if isinstance(v, dict):
+        for key, x in v.items():
+            if not isinstance(key, str):
+                return [], f"has the key {key!r} ({type(key).__name__}); JSON keys are strings"
+            found = _problem(x, depth + 1)
+            if found is not None:
+                found[0].append(f".{key}")
+                return found
+        return None
+    for i, x in enumerate(v):
+        if x is None or type(x) is str or (type(x) is int and x.bit_length() <= _MAX_INT_BITS):
+            continue  # the common items, without a call
+        found = _problem(x, depth + 1)
+        if found is not None:
+            found[0].append(f"[{i}]")
+            return found
     return None
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import secrets
 import time
@@ -219,9 +220,24 @@ _DERIVED = {
 
 
 def submission_sha256(submission: Submission) -> str:
-    """sha256 of the submission's canonical JSON (sorted keys), items included."""
-    text = json.dumps(submission.to_dict(), sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
+    """sha256 of the submission's canonical JSON (sorted keys), items included.
+
+    The items are hashed 10,000 at a time, so hashing never holds the whole list as text."""
+    data = submission.to_dict()
+    items = data.get("item_list", {}).pop("items", None) if "item_list" in data else None
+    digest = hashlib.sha256(_canonical(data).encode())
+    if items is not None:
+        it = iter(items)
+        while segment := list(itertools.islice(it, _HASH_SEGMENT)):
+            digest.update(_canonical(segment).encode())
+    return digest.hexdigest()
+
+
+_HASH_SEGMENT = 10_000
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
 
 
 def _triggered_by(value: Any) -> dict | None:
