@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -38,7 +39,7 @@ WARM = {"DASK_BATCHAPI__KEEP_ALIVE": "5"}
 def small_disk(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    mount = Path(os.environ.get("TMPDIR", "/tmp")) / f"full-store-{uuid.uuid4().hex[:8]}"
+    mount = Path(tempfile.gettempdir()) / f"full-store-{uuid.uuid4().hex[:8]}"
     mount.mkdir()
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)])
     if done.returncode != 0:

@@ -130,8 +130,14 @@ def test_a_changed_archive_in_the_store_is_refused(api, tmp_path, store_dir):
 
 
 # -- 2. the warm runner's directory and socket --------------------------------------------------
-def test_a_squatted_runtime_directory_is_refused_before_anything_is_written(api, tmp_path):
-    squat = Path(os.environ["TMPDIR"]) / f"dask-batchapi-runners-{os.getuid()}"
+def test_a_squatted_runtime_directory_is_refused_before_anything_is_written(
+    api, tmp_path, monkeypatch
+):
+    own_tmp = tmp_path / "tmp"  # a temp dir of this test's own: never squat the machine's
+    own_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(own_tmp))  # the CLI subprocess's
+    monkeypatch.setattr(tempfile, "tempdir", str(own_tmp))  # this process's
+    squat = own_tmp / f"dask-batchapi-runners-{os.getuid()}"
     shutil.rmtree(squat, ignore_errors=True)
     squat.mkdir(mode=0o777)
     os.chmod(squat, 0o777)
