@@ -11,7 +11,7 @@ Each measurement is a fresh process, at N = small and N = large (batch_size 100,
 * the same with the scheduler in its own process (``SubprocessCluster``): what the submitter and
   the driver alone cost, without the task specs the scheduler unpickles.
 * detached driver (the CLI path): ``dask-batchapi submit`` with a submission file, then the
-  peak RSS (``VmHWM`` from /proc, polled) of the ``dask_batchapi.driver.runner`` process that hosts
+  peak RSS (``VmHWM`` from /proc, polled) of the ``dask_batchapi.driver`` process that hosts
   the driver and its own LocalCluster's scheduler.
 
 The caller of an in-process submit holds its own ``list(range(N))``: that growth is the

@@ -141,7 +141,7 @@ def _worker_processes() -> int:
             parent = " ".join(psutil.Process(proc.info["ppid"]).cmdline())
         except psutil.Error:
             continue
-        if "dask_batchapi.driver.runner" in parent or proc.info["ppid"] == os.getpid():
+        if "dask_batchapi.driver" in parent or proc.info["ppid"] == os.getpid():
             count += 1
     return count
 

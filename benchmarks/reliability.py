@@ -951,7 +951,7 @@ def wait_for_runners(root: Path, timeout: float = 20) -> None:
         procs = []
         for proc in psutil.process_iter(["cmdline"]):
             cmdline = proc.info["cmdline"] or []
-            if "dask_batchapi.driver.runner" in cmdline and any(str(root) in a for a in cmdline):
+            if "dask_batchapi.driver" in cmdline and any(str(root) in a for a in cmdline):
                 procs.append(proc)
         return procs
 

@@ -274,7 +274,3 @@ def serve(store_url: str, target: str, api_name: str, job_id: str) -> None:
 def _run_logged(store: JobStore, api_name: str, job_id: str, client: Any) -> None:
     status = run_job(store, api_name, job_id, client)
     logger.info("job %s ended: %s", job_id, status.value)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

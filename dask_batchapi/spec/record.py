@@ -30,11 +30,11 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 from dask_batchapi.errors import StoreError, SubmissionError
 from dask_batchapi.spec.submission import Submission, parse_submission
+from dask_batchapi.status import utcnow_iso
 
 KIND = "BatchAPI"
 _ID_SPAN = 16**11  # 11 hex digits of inverted milliseconds: ids sort newest first until 2527
@@ -44,10 +44,6 @@ def new_job_id(now: float | None = None) -> str:
     """A 16-hex-digit id; lexical order of ids is newest first."""
     millis = int((time.time() if now is None else now) * 1000)
     return f"{_ID_SPAN - 1 - millis:011x}{secrets.randbelow(16**5):05x}"
-
-
-def _utcnow_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -78,7 +74,7 @@ class JobRecord:
             job_id=new_job_id(),
             api_name=api_name,
             submission=submission,
-            created_time=_utcnow_iso(),
+            created_time=utcnow_iso(),
             cluster=cluster if isinstance(cluster, str) else "client",
             archive_sha256=archive_sha256,
             **kw,
@@ -118,7 +114,7 @@ class JobRecord:
     def job_spec(self, total_batch_count: int | None, start_time: str | None) -> dict:
         """What ``Handler.__init__`` receives as ``job_spec``."""
         spec = self.job_fields()
-        spec.update(total_batch_count=total_batch_count, start_time=start_time or _utcnow_iso())
+        spec.update(total_batch_count=total_batch_count, start_time=start_time or utcnow_iso())
         return spec
 
     # -- the persisted form ----------------------------------------------------------------
