@@ -465,7 +465,7 @@ def main() -> int:
             "",
             *header,
             "",
-            f"Each job: `dask-batchapi submit` (detached driver, its own embedded LocalCluster), "
+            f"Each job: `dask-batchapi submit` (driven by the one local runner, on its embedded LocalCluster), "
             f"{args.batches:,} batches of {args.batch_size} items, a no-op handler; all "
             f"{args.jobs} CLI processes started at once. Wall time runs from the first `submit` "
             "to the last job's `end_time`. Cortex's own end-to-end budget for this load: "
